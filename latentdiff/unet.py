@@ -1,0 +1,211 @@
+"""UNet2DConditionModel: predicts the noise (or v) in a latent, given the timestep and the text.
+
+Down path: ResBlocks (+ spatial transformers at attention levels), a skip saved after each, a
+stride-2 conv between levels. Mid: ResBlock, transformer, ResBlock. Up path: each ResBlock reads
+the concatenation of the current features and one popped skip. Attribute names equal diffusers'
+`UNet2DConditionModel` (SD 1.x / 2.x variants only).
+
+Legend: B batch, C channels, H W latent height width, N = H*W, T context tokens, D context width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import UNetConfig
+from .nn import Attention, Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, timestep_embedding
+
+TRANSFORMER_NORM_EPS = 1e-6  # GroupNorm at a transformer's entry; its LayerNorms use 1e-5
+
+
+class GEGLU(nn.Module):
+    """Gated GELU feed-forward input: one projection gives both the value and its gate."""
+
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        # Indices 0 and 2 are the checkpoint's `ff.net.0` / `ff.net.2`; 1 was a dropout.
+        self.net = nn.ModuleList([GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-LN: self-attention over positions, cross-attention to the text, GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, upcast: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, upcast=upcast)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim=context_dim, upcast=upcast)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class Transformer2DModel(nn.Module):
+    """Feature map -> tokens -> transformer blocks -> feature map, with a residual around it all.
+
+    proj_in/proj_out are 1x1 convs in SD 1.x and Linear layers in SD 2.x (the same map, another
+    weight shape); the conv variant projects before flattening, the linear one after.
+    """
+
+    def __init__(self, ch: int, heads: int, context_dim: int, cfg: UNetConfig):
+        super().__init__()
+        self.linear = cfg.use_linear_projection
+        self.norm = nn.GroupNorm(cfg.norm_num_groups, ch, eps=TRANSFORMER_NORM_EPS)
+        self.proj_in = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(ch, heads, context_dim, cfg.upcast_attention)
+            for _ in range(cfg.transformer_layers_per_block)
+        )
+        self.proj_out = nn.Linear(ch, ch) if self.linear else nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        if not self.linear:
+            h = self.proj_in(h)
+        h = h.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, N, C)
+        if self.linear:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        if self.linear:
+            h = self.proj_out(h)
+        h = h.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W)
+        if not self.linear:
+            h = self.proj_out(h)
+        return x + h
+
+
+class UNetLevel(nn.Module):
+    """One resolution level of the down or up path: (ResBlock [+ Transformer]) x n, then resample.
+
+    Named `down_blocks.i` / `up_blocks.i` in checkpoints. `in_chs` gives each ResBlock's input
+    channels (on the up path these include the concatenated skip).
+    """
+
+    def __init__(
+        self,
+        in_chs: list[int],
+        out_ch: int,
+        temb_dim: int,
+        attention: bool,
+        heads: int,
+        cfg: UNetConfig,
+        resample: str | None,
+    ):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList(ResnetBlock2D(c, out_ch, temb_dim, g, eps) for c in in_chs)
+        self.attentions = (
+            nn.ModuleList(Transformer2DModel(out_ch, heads, cfg.cross_attention_dim, cfg) for _ in in_chs)
+            if attention
+            else None
+        )
+        if resample == "down":
+            self.downsamplers = nn.ModuleList([Downsample2D(out_ch)])
+        elif resample == "up":
+            self.upsamplers = nn.ModuleList([Upsample2D(out_ch)])
+
+    def layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[i](x, temb)
+        if self.attentions is not None:
+            x = self.attentions[i](x, context)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, ch: int, temb_dim: int, heads: int, cfg: UNetConfig):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_dim, g, eps) for _ in range(2)])
+        self.attentions = nn.ModuleList([Transformer2DModel(ch, heads, cfg.cross_attention_dim, cfg)])
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+class UNet2DConditionModel(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        chs, n, temb_dim = cfg.block_out_channels, len(cfg.block_out_channels), cfg.time_embed_dim
+        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(chs[0], temb_dim)
+
+        skip_chs = [chs[0]]  # channels of every skip the down path saves, in order
+        self.down_blocks = nn.ModuleList()
+        for i, ch in enumerate(chs):
+            in_chs = [chs[max(i - 1, 0)]] + [ch] * (cfg.layers_per_block - 1)
+            last = i == n - 1
+            self.down_blocks.append(
+                UNetLevel(in_chs, ch, temb_dim, cfg.has_attention(i), cfg.heads(i), cfg, None if last else "down")
+            )
+            skip_chs += [ch] * (cfg.layers_per_block + (0 if last else 1))
+
+        self.mid_block = MidBlock(chs[-1], temb_dim, cfg.heads(n - 1), cfg)
+
+        self.up_blocks = nn.ModuleList()
+        prev = chs[-1]
+        for i, ch in enumerate(reversed(chs)):
+            level = n - 1 - i  # the down level this up level mirrors
+            in_chs = []
+            for _ in range(cfg.layers_per_block + 1):
+                in_chs.append(prev + skip_chs.pop())
+                prev = ch
+            attention = cfg.up_block_types[i] == "CrossAttnUpBlock2D"
+            resample = "up" if level > 0 else None
+            self.up_blocks.append(UNetLevel(in_chs, ch, temb_dim, attention, cfg.heads(level), cfg, resample))
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chs[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        """x_t (B, C, H, W) noisy latent, t () or (B,) timestep(s), context (B, T, D) -> (B, C_out, H, W)."""
+        B = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.expand(B) if t.ndim == 0 else t
+        cfg = self.config
+        emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = self.time_embedding(emb.to(x_t.dtype))  # (B, 4 * C0)
+
+        h = self.conv_in(x_t)
+        skips = [h]
+        for block in self.down_blocks:
+            for i in range(len(block.resnets)):
+                h = block.layer(i, h, temb, context)
+                skips.append(h)
+            if hasattr(block, "downsamplers"):
+                h = block.downsamplers[0](h)
+                skips.append(h)
+
+        h = self.mid_block(h, temb, context)
+
+        for block in self.up_blocks:
+            for i in range(len(block.resnets)):
+                h = block.layer(i, torch.cat([h, skips.pop()], dim=1), temb, context)
+            if hasattr(block, "upsamplers"):
+                # Upsample to the size of the skip this feature map will meet next (odd sizes).
+                h = block.upsamplers[0](h, size=skips[-1].shape[-2:])
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
