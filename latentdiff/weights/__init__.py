@@ -15,13 +15,14 @@ __all__ = ["WeightsError", "load", "save"]
 
 def load(path: str | Path, allow_pickle: bool = False, prediction_type: str | None = None, use_ema: bool = False):
     """A StableDiffusion from a diffusers folder or a single-file checkpoint."""
-    from .diffusers_folder import load_diffusers
-    from .single_file_io import load_single_file
-
     path = Path(path)
     if path.is_dir():
+        from .diffusers_folder import load_diffusers
+
         model = load_diffusers(path, allow_pickle=allow_pickle)
     elif path.is_file():
+        from .single_file_io import load_single_file
+
         model = load_single_file(path, allow_pickle=allow_pickle, use_ema=use_ema)
     else:
         raise WeightsError(f"{path}: no such file or folder")
@@ -31,12 +32,13 @@ def load(path: str | Path, allow_pickle: bool = False, prediction_type: str | No
 
 
 def save(model, path: str | Path, format: str = "diffusers") -> None:
-    from .diffusers_folder import save_diffusers
-    from .single_file_io import save_single_file
-
     if format == "diffusers":
+        from .diffusers_folder import save_diffusers
+
         save_diffusers(model, path)
     elif format == "single_file":
+        from .single_file_io import save_single_file
+
         save_single_file(model, path)
     else:
         raise WeightsError(f"unknown weights format {format!r}; choose diffusers or single_file")
