@@ -114,7 +114,7 @@ class UNetConfig:
             c = self.block_out_channels[level]
             if c % self.norm_num_groups:
                 raise ConfigError(f"UNetConfig: channels {c} not divisible by norm_num_groups {self.norm_num_groups}")
-            if self.has_attention(level) and c % self.heads(level):
+            if self.has_attention(level) and (self.heads(level) < 1 or c % self.heads(level)):
                 raise ConfigError(
                     f"UNetConfig: level {level} has {c} channels, not divisible by {self.heads(level)} heads"
                 )

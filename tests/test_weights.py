@@ -1,0 +1,244 @@
+"""Weights I/O: diffusers folders both ways, single files both ways, and every refusal.
+
+Round trips compare outputs, not only tensors: the same prompt through both text encoders, the
+same latent through both UNets and VAEs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from latentdiff import weights
+from latentdiff.config import preset
+from latentdiff.model import StableDiffusion
+from latentdiff.tokenizer import CLIPTokenizer
+from latentdiff.weights import WeightsError
+from latentdiff.weights.io import load_into, read_state_dict, write_state_dict
+from tests.tiny import diffusers_pipeline, sd_config
+
+PROMPTS = ["a red circle above a blue square", "an astronaut riding a horse, photorealistic"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    CLIPTokenizer.default().save(folder)
+    return folder
+
+
+def _heads_per_level(config):
+    """diffusers configs list heads per level; ours may say head_dim instead: compare the heads."""
+    unet = config.unet
+    heads = tuple(unet.heads(i) for i in range(len(unet.block_out_channels)))
+    return dataclasses.replace(config, unet=dataclasses.replace(unet, num_heads=heads, head_dim=None))
+
+
+def _tiny_model(sd2: bool = False, seed: int = 0) -> StableDiffusion:
+    torch.manual_seed(seed)
+    return StableDiffusion(sd_config(sd2)).eval()
+
+
+@torch.no_grad()
+def _assert_same_outputs(ours: StableDiffusion, pipe) -> None:
+    """Our components and a diffusers pipeline's give the same outputs on the same inputs."""
+    ids = ours.tokenizer(PROMPTS).input_ids
+    theirs_ids = pipe.tokenizer(
+        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    assert torch.equal(ids, theirs_ids)
+    context = ours.text_encoder(ids).last_hidden_state
+    torch.testing.assert_close(context, pipe.text_encoder(ids).last_hidden_state, atol=1e-5, rtol=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    t = torch.tensor([10.0, 700.0])
+    torch.testing.assert_close(ours.unet(x, t, context), pipe.unet(x, t, context).sample, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.vae.decode(x), pipe.vae.decode(x).sample, atol=1e-5, rtol=0)
+    image = torch.rand(1, 3, 16, 16, generator=gen) * 2 - 1
+    torch.testing.assert_close(ours.vae.encode(image).mean, pipe.vae.encode(image).latent_dist.mean, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
+def test_diffusers_saved_pipeline_loads_into_ours(tmp_path, tokenizer_folder, sd2):
+    pipe = diffusers_pipeline(tokenizer_folder, sd2)
+    pipe.save_pretrained(tmp_path / "pipe")
+    ours = weights.load(tmp_path / "pipe")
+    assert ours.config == _heads_per_level(sd_config(sd2))
+    _assert_same_outputs(ours, pipe)
+
+
+@pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
+def test_ours_saved_as_diffusers_loads_into_diffusers(tmp_path, sd2):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    ours = _tiny_model(sd2)
+    weights.save(ours, tmp_path / "ours")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "ours")
+    _assert_same_outputs(ours, pipe)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.prediction_type == ours.config.scheduler.prediction_type
+    # ... and it reads back into ours bit for bit, config included.
+    again = weights.load(tmp_path / "ours")
+    assert again.config == _heads_per_level(ours.config)
+    for a, b in zip(again.state_dict().values(), ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
+def test_single_file_round_trip_is_identical(tmp_path, sd2):
+    ours = _tiny_model(sd2, seed=3)
+    path = tmp_path / "model.safetensors"
+    weights.save(ours, path, format="single_file")
+    sd, metadata = read_state_dict(path)
+    assert any(k.startswith("model.diffusion_model.") for k in sd)
+    assert any(k.startswith("cond_stage_model.model." if sd2 else "cond_stage_model.transformer.") for k in sd)
+    assert "latentdiff_config" in metadata
+    again = weights.load(path)
+    assert again.config == ours.config
+    assert again.state_dict().keys() == ours.state_dict().keys()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_diffusers_folder_converts_to_single_file_and_back(tmp_path, tokenizer_folder):
+    """The CLI's convert path: diffusers folder -> single file (config inferred) -> same outputs."""
+    pipe = diffusers_pipeline(tokenizer_folder)
+    pipe.save_pretrained(tmp_path / "pipe")
+    model = weights.load(tmp_path / "pipe")
+    weights.save(model, tmp_path / "one.safetensors", format="single_file")
+    _assert_same_outputs(weights.load(tmp_path / "one.safetensors"), pipe)
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def _vae_sd():
+    return _tiny_model().vae.state_dict()
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda sd: sd.pop("decoder.conv_out.bias"), r"1 missing \(decoder.conv_out.bias\)"),
+        (lambda sd: sd.__setitem__("decoder.extra.weight", torch.zeros(1)), r"1 unexpected \(decoder.extra.weight\)"),
+        (
+            lambda sd: sd.__setitem__("quant_conv.weight", torch.zeros(8, 8, 3, 3)),
+            r"1 wrong shape \(quant_conv.weight: model \(8, 8, 1, 1\), file \(8, 8, 3, 3\)\)",
+        ),
+    ],
+    ids=["missing", "unexpected", "wrong-shape"],
+)
+def test_strict_load_names_the_offending_key(edit, expected):
+    sd = _vae_sd()
+    edit(sd)
+    with pytest.raises(WeightsError, match=r"^vae.safetensors: weights do not fit the model: " + expected):
+        load_into(_tiny_model().vae, sd, "vae.safetensors")
+
+
+def test_fp16_and_bf16_weights_load_into_fp32(tmp_path):
+    model = _tiny_model()
+    for dtype in (torch.float16, torch.bfloat16):
+        sd = {k: v.to(dtype) for k, v in model.vae.state_dict().items()}
+        target = _tiny_model(seed=9).vae
+        load_into(target, sd, "half")
+        assert all(p.dtype == torch.float32 for p in target.parameters())
+        torch.testing.assert_close(
+            target.state_dict()["decoder.conv_out.weight"], sd["decoder.conv_out.weight"].float()
+        )
+
+
+def test_truncated_safetensors_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "model.safetensors"
+    weights.save(_tiny_model(), path, format="single_file")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"model.safetensors: corrupt or truncated safetensors file"):
+        weights.load(path)
+
+
+def test_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are not weights")
+    with pytest.raises(WeightsError, match=r"notes.safetensors: neither a safetensors file nor a PyTorch checkpoint"):
+        weights.load(path)
+    with pytest.raises(WeightsError, match=r"nowhere: no such file or folder"):
+        weights.load(tmp_path / "nowhere")
+
+
+def test_pickle_needs_the_flag_and_then_loads_weights_only(tmp_path):
+    ours = _tiny_model()
+    single = tmp_path / "model.safetensors"
+    weights.save(ours, single, format="single_file")
+    sd, _ = read_state_dict(single)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": sd, "global_step": 1}, ckpt)
+    with pytest.raises(WeightsError, match=r"model.ckpt: is a pickled PyTorch checkpoint.*--allow-pickle"):
+        weights.load(ckpt)
+    loaded = weights.load(ckpt, allow_pickle=True)  # config inferred from shapes: no metadata in a pickle
+    for key, value in ours.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[key], value)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(WeightsError, match=r"evil.ckpt: cannot load as a checkpoint"):
+        weights.load(tmp_path / "evil.ckpt", allow_pickle=True)
+
+
+def test_failed_save_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    write_state_dict({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("latentdiff.weights.io.save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_state_dict({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_failed_folder_save_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    ours = _tiny_model()
+    weights.save(ours, tmp_path / "m")
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "m").rglob("*"))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("latentdiff.weights.io.save_file", crash)
+    with pytest.raises(OSError):
+        weights.save(_tiny_model(seed=5), tmp_path / "m")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "m").rglob("*")) == files
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    again = weights.load(tmp_path / "m")
+    assert torch.equal(again.unet.conv_in.weight, ours.unet.conv_in.weight)
+
+
+def test_config_weights_mismatch_names_the_folder(tmp_path):
+    ours = _tiny_model()
+    weights.save(ours, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["block_out_channels"] = [32, 64, 128]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match=r"m/unet: weights do not fit the model: .*wrong shape"):
+        weights.load(tmp_path / "m")
+
+
+def test_unsupported_pipeline_is_refused(tmp_path):
+    weights.save(_tiny_model(), tmp_path / "m")
+    index = tmp_path / "m" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(WeightsError, match=r"'StableDiffusionXLPipeline' is not an SD 1.x/2.x pipeline"):
+        weights.load(tmp_path / "m")
+
+
+def test_presets_build_matching_parts():
+    assert StableDiffusion.from_preset("tiny").config == preset("tiny")
