@@ -156,6 +156,7 @@ def diffusers_pipeline(tokenizer_folder, sd2: bool = False, seed: int = 0):
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
         prediction_type="v_prediction" if sd2 else "epsilon",
     )
     return StableDiffusionPipeline(
