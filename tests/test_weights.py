@@ -18,9 +18,8 @@ from latentdiff.model import StableDiffusion
 from latentdiff.tokenizer import CLIPTokenizer
 from latentdiff.weights import WeightsError
 from latentdiff.weights.io import load_into, read_state_dict, write_state_dict
+from tests.compare import assert_same_outputs
 from tests.tiny import diffusers_pipeline, sd_config
-
-PROMPTS = ["a red circle above a blue square", "an astronaut riding a horse, photorealistic"]
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +41,13 @@ def _tiny_model(sd2: bool = False, seed: int = 0) -> StableDiffusion:
     return StableDiffusion(sd_config(sd2)).eval()
 
 
-@torch.no_grad()
-def _assert_same_outputs(ours: StableDiffusion, pipe) -> None:
-    """Our components and a diffusers pipeline's give the same outputs on the same inputs."""
-    ids = ours.tokenizer(PROMPTS).input_ids
-    theirs_ids = pipe.tokenizer(
-        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-    ).input_ids
-    assert torch.equal(ids, theirs_ids)
-    context = ours.text_encoder(ids).last_hidden_state
-    torch.testing.assert_close(context, pipe.text_encoder(ids).last_hidden_state, atol=1e-5, rtol=0)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=gen)
-    t = torch.tensor([10.0, 700.0])
-    torch.testing.assert_close(ours.unet(x, t, context), pipe.unet(x, t, context).sample, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours.vae.decode(x), pipe.vae.decode(x).sample, atol=1e-5, rtol=0)
-    image = torch.rand(1, 3, 16, 16, generator=gen) * 2 - 1
-    torch.testing.assert_close(ours.vae.encode(image).mean, pipe.vae.encode(image).latent_dist.mean, atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
 def test_diffusers_saved_pipeline_loads_into_ours(tmp_path, tokenizer_folder, sd2):
     pipe = diffusers_pipeline(tokenizer_folder, sd2)
     pipe.save_pretrained(tmp_path / "pipe")
     ours = weights.load(tmp_path / "pipe")
     assert ours.config == _heads_per_level(sd_config(sd2))
-    _assert_same_outputs(ours, pipe)
+    assert_same_outputs(ours, pipe)
 
 
 @pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
@@ -77,7 +57,7 @@ def test_ours_saved_as_diffusers_loads_into_diffusers(tmp_path, sd2):
     ours = _tiny_model(sd2)
     weights.save(ours, tmp_path / "ours")
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "ours")
-    _assert_same_outputs(ours, pipe)
+    assert_same_outputs(ours, pipe)
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.prediction_type == ours.config.scheduler.prediction_type
     # ... and it reads back into ours bit for bit, config included.
@@ -109,7 +89,7 @@ def test_diffusers_folder_converts_to_single_file_and_back(tmp_path, tokenizer_f
     pipe.save_pretrained(tmp_path / "pipe")
     model = weights.load(tmp_path / "pipe")
     weights.save(model, tmp_path / "one.safetensors", format="single_file")
-    _assert_same_outputs(weights.load(tmp_path / "one.safetensors"), pipe)
+    assert_same_outputs(weights.load(tmp_path / "one.safetensors"), pipe)
 
 
 # --- refusals -----------------------------------------------------------------------------------
