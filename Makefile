@@ -19,7 +19,8 @@ demo: setup
 	$(BIN)/latentdiff demo --out out/demo.png
 
 test: setup
-	$(BIN)/ruff check latentdiff tests
+	$(BIN)/ruff check latentdiff tests benchmarks
+	$(BIN)/ruff format --check latentdiff tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

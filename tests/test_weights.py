@@ -17,7 +17,7 @@ from latentdiff.config import preset
 from latentdiff.model import StableDiffusion
 from latentdiff.tokenizer import CLIPTokenizer
 from latentdiff.weights import WeightsError
-from latentdiff.weights.io import load_into, read_state_dict, write_state_dict
+from latentdiff.weights.io import current_umask, load_into, read_state_dict, write_state_dict
 from tests.compare import assert_same_outputs
 from tests.tiny import diffusers_pipeline, sd_config
 
@@ -177,6 +177,7 @@ def test_failed_save_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monk
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not the temp file's private 0600
     monkeypatch.setattr("latentdiff.weights.io.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         write_state_dict({"a": torch.zeros(2)}, path)
@@ -188,6 +189,7 @@ def test_failed_folder_save_leaves_the_old_folder_whole(tmp_path, monkeypatch):
     ours = _tiny_model()
     weights.save(ours, tmp_path / "m")
     files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "m").rglob("*"))
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~current_umask()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

@@ -26,7 +26,7 @@ from ..model import StableDiffusion
 from ..tokenizer import CLIPTokenizer
 from . import diffusers_config as dc
 from .errors import WeightsError
-from .io import load_into, read_state_dict, write_json, write_state_dict
+from .io import current_umask, load_into, read_state_dict, write_json, write_state_dict
 
 # The pipelines whose folders hold an SD 1.x/2.x model (the inpaint one has a 9-channel UNet).
 _PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
@@ -96,6 +96,7 @@ def save_diffusers(model: StableDiffusion, folder: str | Path) -> None:
         raise WeightsError(f"{folder}: exists and is not a diffusers folder; refusing to overwrite it")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700, made what mkdir() gives
     try:
         _write_folder(model, tmp)
         if folder.exists():

@@ -76,6 +76,12 @@ def write_json(obj: dict, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 class atomic_path:
     """Context manager giving a temporary sibling path that replaces `path` only on success."""
 
@@ -91,6 +97,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            os.chmod(self.tmp, 0o666 & ~current_umask())  # mkstemp's 0600, made what open() gives
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
