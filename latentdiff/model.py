@@ -40,8 +40,9 @@ class StableDiffusion(nn.Module):
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> StableDiffusion:
         """Random weights in a named architecture (for tests, demos and as a training start)."""
-        torch.manual_seed(seed)
-        return cls(preset(name)).eval()
+        with torch.random.fork_rng():  # seeded init without resetting the caller's RNG
+            torch.manual_seed(seed)
+            return cls(preset(name)).eval()
 
     def set_prediction_type(self, prediction_type: str) -> None:
         """Single-file checkpoints do not record it (SD 2.x base predicts eps, SD 2.x 768 predicts v)."""

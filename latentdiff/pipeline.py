@@ -76,9 +76,10 @@ def _denoise(model, prompts, negative_prompt, timesteps, guidance_scale, latent_
     alpha_bar = alphas_cumprod(model.config.scheduler).to(model.device)
     for i, t in enumerate(timesteps):
         # 1. one batched UNet call for the unconditional and conditional predictions
-        out = model.unet(torch.cat([x, x]), torch.tensor(float(t)), torch.cat([uncond, context]))
+        x_in = torch.cat([x, x])
+        out = model.unet(x_in, torch.tensor(float(t)), torch.cat([uncond, context]))
         a_t = alpha_bar[t].to(model.dtype)
-        eps_u, eps_c = predict_eps(model.config.scheduler.prediction_type, out, torch.cat([x, x]), a_t).chunk(2)
+        eps_u, eps_c = predict_eps(model.config.scheduler.prediction_type, out, x_in, a_t).chunk(2)
         # 2. classifier-free guidance (Ho & Salimans 2022)
         eps = eps_u + guidance_scale * (eps_c - eps_u)
         # 3. DDIM update (eq. 12 with sigma = 0): estimate x0, then step to the previous timestep

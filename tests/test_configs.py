@@ -6,6 +6,8 @@ The real SD 1.5 / 2.1 config.json files are written out below as they ship on th
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -87,9 +89,7 @@ def test_real_configs_translate_to_presets():
     assert dc.unet_from_diffusers(SD21_UNET) == preset("sd2").unet
     assert dc.vae_from_diffusers(SD_VAE) == preset("sd15").vae
     # The real SD 1.5 text config still carries the legacy eos_token_id=2 (pool at argmax).
-    assert dc.text_from_transformers(SD15_TEXT) == preset("sd15").text.__class__(
-        **{**preset("sd15").text.__dict__, "eos_token_id": 2}
-    )
+    assert dc.text_from_transformers(SD15_TEXT) == dataclasses.replace(preset("sd15").text, eos_token_id=2)
     assert dc.text_from_transformers({**SD21_TEXT, "eos_token_id": 49407}) == preset("sd2").text
 
 

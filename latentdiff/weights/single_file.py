@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..clip import CLIPTextModel
-from ..config import CLIPTextConfig, SDConfig, UNetConfig, VAEConfig
+from ..config import CLIPTextConfig, SchedulerConfig, SDConfig, UNetConfig, VAEConfig
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
 from .errors import WeightsError
@@ -306,38 +306,34 @@ def infer_config(sd: dict[str, torch.Tensor]) -> SDConfig:
         block_out_channels=tuple(sd[f"{v}encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(vae_levels)),
         layers_per_block=_count(sd, rf"{re.escape(v)}encoder\.down\.0\.block\.(\d+)\."),
     )
-    return SDConfig(text=_infer_text(sd, text_layout), vae=vae, unet=unet, scheduler=_scheduler(linear))
-
-
-def _infer_text(sd: dict, layout: str) -> CLIPTextConfig:
-    if layout == "openclip":
-        p = OPENCLIP
-        token, width = sd[f"{p}token_embedding.weight"].shape
-        return CLIPTextConfig(
-            vocab_size=token,
-            hidden_size=width,
-            intermediate_size=sd[f"{p}transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-            # The last OpenCLIP layer is dropped: SD 2.x reads the penultimate one.
-            num_hidden_layers=_count(sd, rf"{re.escape(p)}transformer\.resblocks\.(\d+)\.") - 1,
-            num_attention_heads=max(width // 64, 1),
-            max_position_embeddings=sd[f"{p}positional_embedding"].shape[0],
-            hidden_act="gelu",
-        )
-    sd = _normalize_openai_prefix(sd)
-    p = OPENAI
-    token, width = sd[f"{p}embeddings.token_embedding.weight"].shape
-    return CLIPTextConfig(
-        vocab_size=token,
-        hidden_size=width,
-        intermediate_size=sd[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=_count(sd, rf"{re.escape(p)}encoder\.layers\.(\d+)\."),
-        num_attention_heads=max(width // 64, 1),
-        max_position_embeddings=sd[f"{p}embeddings.position_embedding.weight"].shape[0],
-        hidden_act="quick_gelu",
+    return SDConfig(
+        text=_infer_text(sd, text_layout),
+        vae=vae,
+        unet=unet,
+        scheduler=SchedulerConfig(prediction_type="v_prediction" if linear else "epsilon"),
     )
 
 
-def _scheduler(sd2: bool):
-    from ..config import SchedulerConfig
+# Where each text layout keeps what infer_config reads, and how many of its layers SD leaves
+# unused: SD 2.x reads OpenCLIP's penultimate layer, so the converted model drops the last one.
+_TEXT_SHAPES = {
+    "openai": (OPENAI, "embeddings.token_embedding.weight", "encoder.layers", "mlp.fc1.weight",
+               "embeddings.position_embedding.weight", "quick_gelu", 0),
+    "openclip": (OPENCLIP, "token_embedding.weight", "transformer.resblocks", "mlp.c_fc.weight",
+                 "positional_embedding", "gelu", 1),
+}  # fmt: skip
 
-    return SchedulerConfig(prediction_type="v_prediction" if sd2 else "epsilon")
+
+def _infer_text(sd: dict, layout: str) -> CLIPTextConfig:
+    prefix, tokens, layers, fc1, positions, act, unused = _TEXT_SHAPES[layout]
+    sd = _normalize_openai_prefix(sd) if layout == "openai" else sd
+    vocab, width = sd[prefix + tokens].shape
+    return CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=sd[f"{prefix}{layers}.0.{fc1}"].shape[0],
+        num_hidden_layers=_count(sd, rf"{re.escape(prefix + layers)}\.(\d+)\.") - unused,
+        num_attention_heads=max(width // 64, 1),  # CLIP's heads are 64 wide
+        max_position_embeddings=sd[prefix + positions].shape[0],
+        hidden_act=act,
+    )
