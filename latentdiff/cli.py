@@ -1,7 +1,7 @@
 """`latentdiff` command line: thin over pipeline.py and weights/.
 
-User errors (bad paths, corrupt or mismatched weights, bad sizes) print one line and exit 2;
-anything else is a bug and keeps its traceback.
+User errors (bad paths, corrupt or mismatched weights, bad sizes, unreadable images) print one
+line and exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,62 +19,90 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .tokenizer import TokenizerError
     from .weights import WeightsError
 
-    return (WeightsError, ConfigError, TokenizerError, ValueError, FileNotFoundError, PermissionError)
+    return (WeightsError, ConfigError, TokenizerError, ValueError, FloatingPointError, FileNotFoundError)
 
 
-def _generate(model, args) -> list[Path]:
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    from .pipeline import from_pil
+
+    try:
+        with Image.open(path) as image:
+            return from_pil(image)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{path}: cannot read as an image ({e.__class__.__name__})") from None
+
+
+def _write_images(model, states, args, model_name: str, extra: dict) -> list[Path]:
+    """Run the pipeline under a progress bar, then write one PNG per image with its settings."""
     from tqdm import tqdm
 
     from .images import save_png
-    from .pipeline import Step, to_pil, txt2img
+    from .metadata import A1111_SAMPLERS, format_parameters
+    from .pipeline import Step, to_pil
 
     warning = model.tokenizer.truncation_warning(model.tokenizer(args.prompt), [args.prompt])
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
-    steps = txt2img(
-        model,
-        [args.prompt] * args.batch,
-        args.negative_prompt,
-        args.steps,
-        args.guidance_scale,
-        args.height,
-        args.width,
-        args.seed,
-    )
-    with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
-        for state in steps:
+    with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
+        for state in states:
             if isinstance(state, Step):
+                bar.total = state.total
                 bar.update(1)
             else:
                 images = state
-    paths = []
-    out = Path(args.out)
+    out, paths = Path(args.out), []
     for i, image in enumerate(to_pil(images)):
-        path = out if args.batch == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
-        save_png(image, path, {"prompt": args.prompt, "seed": str(args.seed), "steps": str(args.steps)})
+        settings = {"Steps": args.steps, "Sampler": A1111_SAMPLERS[args.sampler]}
+        if args.karras:
+            settings["Schedule type"] = "Karras"
+        settings |= {"CFG scale": args.cfg_scale, "Seed": args.seed + i, "Size": f"{image.width}x{image.height}",
+                     "Model": model_name, **extra, "Version": "latentdiff"}  # fmt: skip
+        path = out if len(images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        save_png(image, path, {"parameters": format_parameters(args.prompt, args.negative_prompt, settings)})
         paths.append(path)
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.1f} s")
     return paths
 
 
+def _sampling(args) -> dict:
+    return dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.cfg_scale,
+                seed=args.seed, sampler=args.sampler, sigmas="karras" if args.karras else "default")  # fmt: skip
+
+
 def cmd_demo(args) -> None:
     from .model import StableDiffusion
+    from .pipeline import txt2img
 
     print(
         "latentdiff demo: the built-in trained model does not exist yet, so this runs the whole pipeline\n"
-        "(tokenizer -> CLIP text encoder -> UNet with DDIM + guidance -> VAE decoder) with RANDOM weights\n"
-        "in the 'tiny' architecture. It proves the pipeline runs end to end; the image is structured noise."
+        "(tokenizer -> CLIP text encoder -> UNet with a sampler + guidance -> VAE decoder) with RANDOM\n"
+        "weights in the 'tiny' architecture. It proves the pipeline runs end to end; the image is noise."
     )
     model = StableDiffusion.from_preset("tiny", seed=args.seed)
-    _generate(model, args)
+    states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
+    _write_images(model, states, args, "tiny-random", {})
 
 
 def cmd_generate(args) -> None:
+    from .pipeline import txt2img
     from .weights import load
 
     model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
-    _generate(model, args)
+    states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
+    _write_images(model, states, args, Path(args.model).stem, {})
+
+
+def cmd_img2img(args) -> None:
+    from .pipeline import img2img
+    from .weights import load
+
+    image = _load_image(args.image)
+    model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    states = img2img(model, [args.prompt] * args.batch, image, strength=args.strength, **_sampling(args))
+    _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength})
 
 
 def cmd_convert(args) -> None:
@@ -86,9 +114,16 @@ def cmd_convert(args) -> None:
 
 
 def cmd_info(args) -> None:
+    """A PNG: the settings it was made with. A checkpoint: its config and parameter counts."""
+    path = Path(args.path)
+    if path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
+        from .metadata import read_png_parameters
+
+        print(json.dumps(read_png_parameters(path), indent=2, ensure_ascii=False))
+        return
     from .weights import load
 
-    model = load(args.model, allow_pickle=args.allow_pickle)
+    model = load(path, allow_pickle=args.allow_pickle)
     counts = {
         name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("text_encoder", "vae", "unet")
     }
@@ -107,29 +142,30 @@ def cmd_tokenize(args) -> None:
 
 
 def _add_generation_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    from .samplers import SAMPLERS
+
     p.add_argument("--prompt", default="a red circle to the left of a blue square")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--height", type=int, default=None, help="pixels; default: the model's native size")
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=float, default=7.5)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="euler_ancestral")
+    p.add_argument("--karras", action="store_true", help="Karras sigma spacing (more steps at low noise)")
+    p.add_argument("--seed", type=int, default=0, help="image i of a batch uses seed + i")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=default_out, help="PNG path (numbered when --batch > 1)")
 
 
+def _add_size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--height", type=int, default=None, help="pixels; default: the model's native size")
+    p.add_argument("--width", type=int, default=None)
+
+
 def _add_loading_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow .ckpt/.bin pickles (loaded with torch.load(weights_only=True))",
-    )
-    p.add_argument(
-        "--prediction-type",
-        choices=["epsilon", "v_prediction"],
-        default=None,
-        help="override for single files, which do not record it (SD 2.x base is epsilon)",
-    )
+    p.add_argument("--model", required=True, help="diffusers folder or .safetensors single file")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow .ckpt/.bin pickles (loaded with torch.load(weights_only=True))")  # fmt: skip
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                   help="override for single files, which do not record it (SD 2.x base is epsilon)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,23 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline once (random tiny weights until a model ships)")
     _add_generation_args(p, "out/demo.png")
+    _add_size_args(p)
     p.set_defaults(func=cmd_demo, steps=10, height=64, width=64)
 
     p = sub.add_parser("generate", help="txt2img with SD weights (diffusers folder or single file)")
-    p.add_argument("--model", required=True, help="diffusers folder or .safetensors single file")
-    _add_generation_args(p, "out/image.png")
     _add_loading_args(p)
+    _add_generation_args(p, "out/image.png")
+    _add_size_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("img2img", help="text + image -> image")
+    _add_loading_args(p)
+    p.add_argument("--image", required=True, help="the starting image; its size must fit the VAE (multiple of 8)")
+    p.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 ignores it")
+    _add_generation_args(p, "out/img2img.png")
+    p.set_defaults(func=cmd_img2img)
 
     p = sub.add_parser("convert", help="convert between the diffusers folder and the single-file layouts")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--to", choices=["diffusers", "single_file"], required=True)
-    _add_loading_args(p)
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="print a checkpoint's config and parameter counts")
-    p.add_argument("model")
+    p = sub.add_parser("info", help="a PNG's generation settings, or a checkpoint's config and size")
+    p.add_argument("path")
     p.add_argument("--allow-pickle", action="store_true")
     p.set_defaults(func=cmd_info)
 

@@ -1,38 +1,57 @@
-"""txt2img as a generator that yields each denoising step's state.
+"""txt2img and img2img as generators that yield each denoising step, then the images.
 
-The sampler here is deterministic DDIM (Song et al. 2021, eta = 0) with classifier-free guidance;
-the CLI wraps the generator in a progress bar, other callers can record or stream each step.
+    for state in txt2img(model, "a red circle", steps=20, sampler="dpmpp_2m", sigmas="karras"):
+        ...  # samplers.Step(index, total, sigma, x, x0) per step, finally images (B, 3, H, W) in [0, 1]
+
+The CLI wraps the generator in a progress bar, the server streams previews from it, the explainer
+records it. Arguments are checked when the function is called, before anything runs.
+
+Seeds: image i of a batch uses seed + i for all of its noise, drawn on the CPU, so it comes out the
+same alone or in a batch, on any device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .denoisers import Denoiser, GuidedDenoiser
 from .model import StableDiffusion
-from .schedules import alphas_cumprod
+from .samplers import SAMPLERS, Step, get_sampler, noise_like
+from .schedules import Schedule, make_schedule, train_sigmas
+
+# DDIM lands on alpha_bar_0, as SD's scheduler config says ("set_alpha_to_one": false); the
+# others end at sigma = 0.
+_FINAL_SIGMA = {"ddim": "sigma_min"}
 
 
-@dataclass
-class Step:
-    index: int  # 0-based step number
-    total: int
-    t: int  # the training timestep just denoised
-    x_t: torch.Tensor  # latent after this step (B, C, h, w)
-    x0_pred: torch.Tensor  # the model's current estimate of the clean latent
+def _check(model: StableDiffusion, steps: int, sampler: str, height: int | None, width: int | None):
+    get_sampler(sampler)
+    f = model.config.vae.downsample_factor
+    height = height or model.config.unet.sample_size * f
+    width = width or model.config.unet.sample_size * f
+    if height % f or width % f or height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive multiples of {f}, got {height}x{width}")
+    n_train = model.config.scheduler.num_train_timesteps
+    if not 1 <= steps <= n_train:
+        raise ValueError(f"steps must be between 1 and {n_train}, got {steps}")
+    return height // f, width // f
 
 
-def predict_eps(prediction_type: str, out: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """Convert whatever the UNet predicts into eps (v: Salimans & Ho 2022, eq. 9)."""
-    if prediction_type == "epsilon":
-        return out
-    if prediction_type == "v_prediction":
-        return alpha_bar_t.sqrt() * out + (1 - alpha_bar_t).sqrt() * x_t
-    return (x_t - alpha_bar_t.sqrt() * out) / (1 - alpha_bar_t).sqrt()  # "sample": out is x0
+def _schedule(model: StableDiffusion, steps: int, sampler: str, sigmas: str) -> Schedule:
+    # "leading" spacing with offset 1 is how SD 1.x/2.x ship: 981, 961, ..., 1 for 50 of 1000 steps.
+    final = _FINAL_SIGMA.get(sampler, "zero")
+    return make_schedule(model.config.scheduler, steps, "leading", offset=1, sigmas=sigmas, final=final)
+
+
+def _prompts(prompt: str | list[str], batch: int | None) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if batch is not None:
+        prompts = prompts * batch if len(prompts) == 1 else prompts
+    return prompts
 
 
 def txt2img(
@@ -44,54 +63,87 @@ def txt2img(
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
+    sampler: str = "euler",
+    sigmas: str = "default",
+    batch: int | None = None,
 ) -> Iterator[Step | torch.Tensor]:
-    """Yields a Step per denoising step, then the decoded images (B, 3, H, W) in [0, 1].
+    """Text -> images. `batch` repeats a single prompt; a list of prompts is one image each."""
+    h, w = _check(model, steps, sampler, height, width)
+    prompts = _prompts(prompt, batch)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    schedule = _schedule(model, steps, sampler, sigmas)
+    shape = (len(prompts), model.config.unet.out_channels, h, w)
+    noise = noise_like(torch.empty(shape, dtype=model.dtype), generators).to(model.device)
+    x = noise * (1 + schedule.sigmas[0] ** 2).sqrt().to(model.dtype)
+    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators)
 
-    Arguments are checked here, before the generator starts, so bad input fails at the call.
+
+def img2img(
+    model: StableDiffusion,
+    prompt: str | list[str],
+    image: torch.Tensor,
+    strength: float = 0.75,
+    negative_prompt: str = "",
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    seed: int = 0,
+    sampler: str = "euler",
+    sigmas: str = "default",
+) -> Iterator[Step | torch.Tensor]:
+    """Text + image -> image: noise the image's latent to `strength` of the way, then denoise.
+
+    image: (B, 3, H, W) in [0, 1] (one image per prompt, or one for all). strength 0 returns the
+    image through the VAE, 1 ignores it; only the last round(steps * strength) steps run.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    f = model.config.vae.downsample_factor
-    height = height or model.config.unet.sample_size * f
-    width = width or model.config.unet.sample_size * f
-    if height % f or width % f:
-        raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
-    n_train = model.config.scheduler.num_train_timesteps
-    if not 1 <= steps <= n_train:
-        raise ValueError(f"steps must be between 1 and {n_train}, got {steps}")
-    # "leading" spacing with offset 1, as SD 1.x/2.x ship: 981, 961, ..., 1 for 50 of 1000.
-    ratio = n_train // steps
-    offset = 1 if ratio > 1 else 0
-    timesteps = [i * ratio + offset for i in reversed(range(steps))]
-    return _denoise(model, prompts, negative_prompt, timesteps, guidance_scale, (height // f, width // f), seed)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    _check(model, steps, sampler, image.shape[2], image.shape[3])
+    prompts = _prompts(prompt, image.shape[0] if image.shape[0] > 1 else None)
+    image = image.expand(len(prompts), -1, -1, -1) if image.shape[0] == 1 else image
+    if image.shape[0] != len(prompts):
+        raise ValueError(f"{image.shape[0]} images for {len(prompts)} prompts")
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    schedule = _schedule(model, steps, sampler, sigmas)
+    # As diffusers does: run int(steps * strength) steps, the last ones of the full schedule.
+    start = steps - min(int(steps * strength), steps)
+    tail = schedule.sigmas[start:]
+    with torch.no_grad():
+        posterior = model.vae.encode(image.to(model.device, model.dtype) * 2 - 1)
+        eps = noise_like(posterior.mean, generators)  # the posterior's own sample, per image
+        x0 = (posterior.mean + posterior.std * eps) * model.config.vae.scaling_factor
+    x = x0 + noise_like(x0, generators) * tail[0].to(model.dtype) if len(tail) > 1 else x0
+    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators)
 
 
 @torch.no_grad()
-def _denoise(model, prompts, negative_prompt, timesteps, guidance_scale, latent_size, seed):
-    B = len(prompts)
+def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x, generators):
+    denoiser = Denoiser(model.unet, train_sigmas(model.config.scheduler).to(model.device),
+                        model.config.scheduler.prediction_type)  # fmt: skip
     context = model.encode_prompt(prompts)
-    uncond = model.encode_prompt([negative_prompt] * B)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, model.config.unet.in_channels, *latent_size, generator=gen)
-    x = x.to(model.device, model.dtype)
-    alpha_bar = alphas_cumprod(model.config.scheduler).to(model.device)
-    for i, t in enumerate(timesteps):
-        # 1. one batched UNet call for the unconditional and conditional predictions
-        x_in = torch.cat([x, x])
-        out = model.unet(x_in, torch.tensor(float(t)), torch.cat([uncond, context]))
-        a_t = alpha_bar[t].to(model.dtype)
-        eps_u, eps_c = predict_eps(model.config.scheduler.prediction_type, out, x_in, a_t).chunk(2)
-        # 2. classifier-free guidance (Ho & Salimans 2022)
-        eps = eps_u + guidance_scale * (eps_c - eps_u)
-        # 3. DDIM update (eq. 12 with sigma = 0): estimate x0, then step to the previous timestep
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        # The last step lands on alpha_bar_0, not 1 ("set_alpha_to_one": false in SD's scheduler config).
-        a_prev = alpha_bar[timesteps[i + 1] if i + 1 < len(timesteps) else 0].to(model.dtype)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-        yield Step(i, len(timesteps), t, x, x0)
-    image = model.vae.decode(x / model.config.vae.scaling_factor)
+    uncond = model.encode_prompt([negative_prompt] * len(prompts))
+    guided = GuidedDenoiser(denoiser, context, uncond, guidance_scale)
+    sigmas = sigmas.to(model.device, model.dtype)
+    for step in get_sampler(sampler).steps(guided, x, sigmas, generator=generators):
+        yield step
+        x = step.x
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the model produced NaN or infinite latents; try fp32, fewer steps or another seed")
+    latents = x / (1 + sigmas[-1] ** 2).sqrt()  # back to the VP latent the VAE was trained on
+    image = model.vae.decode(latents / model.config.vae.scaling_factor)
     yield ((image.float() + 1) / 2).clamp(0, 1)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """A PIL image -> (1, 3, H, W) float in [0, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "to_pil", "txt2img"]

@@ -1,53 +1,99 @@
-"""The `latentdiff` command: the demo runs, conversions work, user errors are one line with exit 2."""
+"""The `latentdiff` command: images with their settings, conversions, and one-line user errors."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from latentdiff import weights
 from latentdiff.cli import main
+from latentdiff.metadata import format_parameters, parse_parameters
 from latentdiff.model import StableDiffusion
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    weights.save(StableDiffusion.from_preset("tiny"), folder)
+    return folder
 
 
 def test_demo_writes_a_png_with_its_settings(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert main(["demo", "--out", str(out), "--steps", "2", "--prompt", "a cat"]) == 0
     image = Image.open(out)
-    assert image.size == (64, 64) and image.text["prompt"] == "a cat"
-    assert "RANDOM weights" in capsys.readouterr().out
+    assert image.size == (64, 64)
+    assert parse_parameters(image.text["parameters"])["prompt"] == "a cat"
+    assert "with RANDOM" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]  # no temp file left behind
 
 
-def test_convert_info_and_generate_from_a_checkpoint(tmp_path, capsys):
-    weights.save(StableDiffusion.from_preset("tiny"), tmp_path / "tiny.safetensors", format="single_file")
-    assert main(["convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "folder"), "--to", "diffusers"]) == 0
-    assert (tmp_path / "folder" / "model_index.json").exists()
+def test_same_seed_gives_the_same_png_bytes(tmp_path):
+    for name in ("a.png", "b.png"):
+        assert main(["demo", "--steps", "2", "--seed", "5", "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_generate_writes_per_image_seeds_that_a1111_readers_understand(tiny_folder, tmp_path, capsys):
+    from sd_parsers import ParserManager
+
+    args = ["generate", "--model", str(tiny_folder), "--prompt", "a red circle, small", "--negative-prompt", "blurry",
+            "--steps", "3", "--sampler", "dpmpp_2m", "--karras", "--cfg-scale", "6", "--seed", "40",
+            "--height", "16", "--width", "16", "--batch", "2", "--out", str(tmp_path / "x.png")]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-0.png", "x-1.png"]
     capsys.readouterr()
-    assert main(["info", str(tmp_path / "folder")]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["config"]["unet"]["block_out_channels"] == [32, 64]
-    assert main(["generate", "--model", str(tmp_path / "folder"), "--steps", "2", "--height", "16", "--width", "16",
-                 "--batch", "2", "--out", str(tmp_path / "x.png")]) == 0  # fmt: skip
-    assert sorted(p.name for p in tmp_path.glob("x-*.png")) == ["x-0.png", "x-1.png"]
+    assert main(["info", str(tmp_path / "x-1.png")]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert ours["prompt"] == "a red circle, small" and ours["negative_prompt"] == "blurry"
+    assert (ours["Seed"], ours["Sampler"], ours["Schedule type"], ours["Steps"]) == ("41", "DPM++ 2M", "Karras", "3")
+
+    info = ParserManager().parse(tmp_path / "x-1.png")  # a reader nobody here wrote
+    assert info is not None and info.generator.name.upper().startswith("AUTOMATIC1111")
+    assert [p.value for p in info.prompts] == ["a red circle, small"]
+    assert [p.value for p in info.negative_prompts] == ["blurry"]
+    sampler = info.samplers[0]
+    assert sampler.name == "DPM++ 2M" and sampler.parameters["steps"] == "3"
+    assert sampler.parameters["cfg_scale"] == "6.0" and sampler.parameters["seed"] == "41"
 
 
-def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+def test_img2img_and_conversion(tiny_folder, tmp_path, capsys):
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "start.png")
+    args = ["img2img", "--model", str(tiny_folder), "--image", str(tmp_path / "start.png"), "--strength", "0.5",
+            "--steps", "4", "--out", str(tmp_path / "edit.png")]  # fmt: skip
+    assert main(args) == 0
+    assert parse_parameters(Image.open(tmp_path / "edit.png").text["parameters"])["Denoising strength"] == "0.5"
+    assert main(["convert", str(tiny_folder), str(tmp_path / "tiny.safetensors"), "--to", "single_file"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "tiny.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["unet"]["block_out_channels"] == [32, 64]
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tiny_folder, tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "notes.png").write_text("not an image")
     torch.save({"a": torch.zeros(1)}, tmp_path / "model.ckpt")
+    model = ["--model", str(tiny_folder)]
     cases = {
         ("generate", "--model", str(tmp_path / "missing")): "missing: no such file or folder",
         ("generate", "--model", str(tmp_path / "bad.safetensors")): "bad.safetensors: neither a safetensors file",
         ("info", str(tmp_path / "model.ckpt")): "model.ckpt: is a pickled PyTorch checkpoint",
-        ("demo", "--height", "63", "--out", str(tmp_path / "d.png")): "height and width must be multiples of 2",
+        ("demo", "--height", "63", "--out", str(tmp_path / "d.png")): "height and width must be positive multiples",
+        ("generate", *model, "--steps", "0"): "steps must be between 1 and 1000, got 0",
+        ("img2img", *model, "--image", str(tmp_path / "notes.png")): "notes.png: cannot read as an image",
+        ("img2img", *model, "--image", str(tmp_path / "d.png"), "--strength", "2"): "d.png: cannot read",
     }
+    Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
+    cases[("img2img", *model, "--image", str(tmp_path / "ok.png"), "--strength", "2")] = "strength must be between"
     for argv, message in cases.items():
         capsys.readouterr()
         assert main(list(argv)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("latentdiff: error: ") and message in err[0], err
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "d.png").exists()
 
 
 def test_tokenize_reports_truncation(capsys):
@@ -55,3 +101,10 @@ def test_tokenize_reports_truncation(capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["tokens"] == 90
     assert "15 over the 75-token limit" in captured.err
+
+
+def test_parameters_round_trip_with_separators_in_values():
+    text = format_parameters("line one\nline two", "bad, ugly", {"Steps": 20, "Model": "my: model, v2", "Seed": 1})
+    parsed = parse_parameters(text)
+    assert parsed == {"prompt": "line one\nline two", "negative_prompt": "bad, ugly", "Steps": "20",
+                      "Model": "my: model, v2", "Seed": "1"}  # fmt: skip

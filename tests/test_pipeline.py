@@ -1,15 +1,23 @@
-"""txt2img against a tiny diffusers StableDiffusionPipeline (DDIM, guidance) on the same weights."""
+"""txt2img / img2img against tiny diffusers pipelines on the same weights and the same seed.
+
+diffusers draws everything from one seeded CPU generator in a fixed order (posterior sample,
+initial noise, then each ancestral step's noise); ours draws from a generator seeded with the
+same seed for image 0, in the same order, so the images must agree.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from latentdiff import weights
 from latentdiff.model import StableDiffusion
-from latentdiff.pipeline import Step, to_pil, txt2img
+from latentdiff.pipeline import Step, img2img, to_pil, txt2img
 from latentdiff.tokenizer import CLIPTokenizer
 from tests.tiny import diffusers_pipeline
+
+PROMPT = "a red circle above a blue square"
 
 
 @pytest.fixture(scope="module")
@@ -19,33 +27,92 @@ def tokenizer_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("sd2", [False, True], ids=["sd1-eps", "sd2-v"])
-def test_txt2img_matches_diffusers_ddim_with_guidance(tmp_path, tokenizer_folder, sd2):
-    pipe = diffusers_pipeline(tokenizer_folder, sd2)
-    pipe.save_pretrained(tmp_path / "pipe")
-    ours = weights.load(tmp_path / "pipe")
-    prompt, steps, scale, seed = "a red circle above a blue square", 4, 5.0, 3
-
-    states = list(txt2img(ours, prompt, steps=steps, guidance_scale=scale, height=32, width=32, seed=seed))
-    assert [s.index for s in states[:-1]] == list(range(steps))
-    assert [s.t for s in states[:-1]] == [751, 501, 251, 1]  # "leading" spacing, offset 1
-    mine = states[-1]
-
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))  # what txt2img draws
-    theirs = pipe(prompt, num_inference_steps=steps, guidance_scale=scale, height=32, width=32, latents=noise,
-                  output_type="pt").images  # fmt: skip
-    assert mine.shape == theirs.shape == (1, 3, 32, 32)
-    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+@pytest.fixture(scope="module", params=[False, True], ids=["sd1-eps", "sd2-v"])
+def pair(request, tokenizer_folder, tmp_path_factory):
+    """(ours, diffusers pipeline) with identical weights, via diffusers' save_pretrained."""
+    pipe = diffusers_pipeline(tokenizer_folder, request.param)
+    folder = tmp_path_factory.mktemp("pipe")
+    pipe.save_pretrained(folder)
+    return weights.load(folder), pipe
 
 
-def test_txt2img_is_deterministic_and_checks_its_arguments():
+def _scheduler(pipe, sampler: str):
+    import diffusers
+
+    # Settings as keyword arguments: diffusers drops config keys it marks as defaults.
+    leading = {"steps_offset": 1, "timestep_spacing": "leading"}
+    if sampler == "ddim":
+        return diffusers.DDIMScheduler.from_config(pipe.scheduler.config, **leading)
+    if sampler == "euler_ancestral":
+        return diffusers.EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, **leading)
+    # Karras sigmas over the whole training range: diffusers' Euler does that with linspace spacing.
+    return diffusers.EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="linspace", use_karras_sigmas=True
+    )
+
+
+@pytest.mark.parametrize(
+    "sampler,sigmas,scale",
+    [("ddim", "default", 5.0), ("euler_ancestral", "default", 1.0), ("euler", "karras", 7.5)],
+)
+def test_txt2img_matches_diffusers(pair, sampler, sigmas, scale):
+    ours, pipe = pair
+    pipe.scheduler = _scheduler(pipe, sampler)
+    states = list(txt2img(ours, PROMPT, steps=4, guidance_scale=scale, height=32, width=32, seed=3,
+                          sampler=sampler, sigmas=sigmas))  # fmt: skip
+    assert [s.index for s in states[:-1]] == [0, 1, 2, 3] and all(isinstance(s, Step) for s in states[:-1])
+    generator = torch.Generator().manual_seed(3)
+    latents = None
+    if sigmas == "karras":
+        # diffusers starts linspace schedules at sigma_max * noise; we start every schedule at
+        # sqrt(1 + sigma_max^2) * noise, the spread of x0 + sigma_max * eps for unit-variance x0.
+        pipe.scheduler.set_timesteps(4)
+        sigma_max = pipe.scheduler.sigmas.max()
+        latents = torch.randn(1, 4, 8, 8, generator=generator) * (1 + sigma_max**2).sqrt() / sigma_max
+    theirs = pipe(PROMPT, num_inference_steps=4, guidance_scale=scale, height=32, width=32, latents=latents,
+                  generator=generator, output_type="pt").images  # fmt: skip
+    assert states[-1].shape == theirs.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(states[-1], theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_ancestral"])
+def test_img2img_matches_diffusers(pair, sampler, tmp_path):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    ours, pipe = pair
+    ref = StableDiffusionImg2ImgPipeline(**pipe.components)
+    ref.scheduler = _scheduler(pipe, sampler)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mine = list(img2img(ours, PROMPT, image, strength=0.6, steps=5, guidance_scale=4.0, seed=11, sampler=sampler))
+    assert len(mine) == 3 + 1  # int(5 * 0.6) steps, then the image
+    theirs = ref(PROMPT, image=image, strength=0.6, num_inference_steps=5, guidance_scale=4.0,
+                 generator=torch.Generator().manual_seed(11), output_type="pt").images  # fmt: skip
+    torch.testing.assert_close(mine[-1], theirs, atol=1e-4, rtol=0)
+
+
+def test_each_image_of_a_batch_is_its_seed_alone():
     model = StableDiffusion.from_preset("tiny")
-    first = list(txt2img(model, ["a", "b"], steps=2, height=16, width=16, seed=7))
-    again = list(txt2img(model, ["a", "b"], steps=2, height=16, width=16, seed=7))
-    assert isinstance(first[0], Step) and torch.equal(first[-1], again[-1])
-    assert first[-1].shape == (2, 3, 16, 16) and 0 <= first[-1].min() and first[-1].max() <= 1
-    assert [im.size for im in to_pil(first[-1])] == [(16, 16), (16, 16)]
-    with pytest.raises(ValueError, match="height and width must be multiples of 2, got 15x16"):
+    kwargs = dict(steps=3, height=16, width=16, sampler="euler_ancestral")
+    batch = list(txt2img(model, "a cat", batch=4, seed=10, **kwargs))[-1]
+    singles = [list(txt2img(model, "a cat", seed=10 + i, **kwargs))[-1] for i in range(4)]
+    # The noise is the same; batched kernels (oneDNN, BLAS) may round differently, by ~1e-6.
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batch[i : i + 1], single, atol=1e-5, rtol=0)
+        a, b = (np.asarray(to_pil(im)[0], dtype=int) for im in (batch[i : i + 1], single))
+        assert np.abs(a - b).max() <= 1
+    again = list(txt2img(model, "a cat", batch=4, seed=10, **kwargs))[-1]
+    assert torch.equal(batch, again)
+
+
+def test_arguments_are_checked_at_the_call():
+    model = StableDiffusion.from_preset("tiny")
+    with pytest.raises(ValueError, match="height and width must be positive multiples of 2, got 15x16"):
         txt2img(model, "a", height=15, width=16)
     with pytest.raises(ValueError, match="steps must be between 1 and 1000, got 0"):
         txt2img(model, "a", steps=0)
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        txt2img(model, "a", sampler="plms")
+    with pytest.raises(ValueError, match="strength must be between 0 and 1, got 1.5"):
+        img2img(model, "a", torch.zeros(1, 3, 16, 16), strength=1.5)
+    with pytest.raises(ValueError, match=r"image must be \(B, 3, H, W\), got \(3, 16, 16\)"):
+        img2img(model, "a", torch.zeros(3, 16, 16))
