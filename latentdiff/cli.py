@@ -22,14 +22,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (WeightsError, ConfigError, TokenizerError, ValueError, FloatingPointError, FileNotFoundError)
 
 
-def _load_image(path: str):
+def _load_image(path: str, mode: str = "RGB"):
+    """(1, C, H, W) in [0, 1]; mode "L" reads a mask as one grey channel."""
     from PIL import Image, UnidentifiedImageError
 
     from .pipeline import from_pil
 
     try:
         with Image.open(path) as image:
-            return from_pil(image)
+            return from_pil(image, mode)
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"{path}: cannot read as an image ({e.__class__.__name__})") from None
 
@@ -103,6 +104,20 @@ def cmd_img2img(args) -> None:
     model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = img2img(model, [args.prompt] * args.batch, image, strength=args.strength, **_sampling(args))
     _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength})
+
+
+def cmd_inpaint(args) -> None:
+    from .pipeline import inpaint
+    from .weights import load
+
+    image, mask = _load_image(args.image), _load_image(args.mask, mode="L")
+    if mask.shape[2:] != image.shape[2:]:
+        raise ValueError(
+            f"{args.mask}: mask is {mask.shape[3]}x{mask.shape[2]}, the image {image.shape[3]}x{image.shape[2]}"
+        )
+    model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    states = inpaint(model, [args.prompt] * args.batch, image, mask, strength=args.strength, **_sampling(args))
+    _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength, "Mask": "yes"})
 
 
 def cmd_convert(args) -> None:
@@ -189,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 ignores it")
     _add_generation_args(p, "out/img2img.png")
     p.set_defaults(func=cmd_img2img)
+
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask")
+    _add_loading_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True, help="same size as the image; white = repaint, black = keep")
+    p.add_argument("--strength", type=float, default=1.0, help="below 1 starts from the image's own content")
+    _add_generation_args(p, "out/inpaint.png")
+    p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("convert", help="convert between the diffusers folder and the single-file layouts")
     p.add_argument("src")

@@ -78,6 +78,32 @@ def txt2img(
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators)
 
 
+def _image_batch(model, prompt, image: torch.Tensor, steps: int, sampler: str, strength: float):
+    """Checks shared by img2img and inpaint; returns prompts and the images, one per prompt."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    _check(model, steps, sampler, image.shape[2], image.shape[3])
+    prompts = _prompts(prompt, image.shape[0] if image.shape[0] > 1 else None)
+    image = image.expand(len(prompts), -1, -1, -1) if image.shape[0] == 1 else image
+    if image.shape[0] != len(prompts):
+        raise ValueError(f"{image.shape[0]} images for {len(prompts)} prompts")
+    return prompts, image.to(model.device, model.dtype)
+
+
+@torch.no_grad()
+def _encode(model: StableDiffusion, image: torch.Tensor, generators) -> torch.Tensor:
+    """Image in [-1, 1] -> a sample of its latent posterior, scaled for diffusion."""
+    posterior = model.vae.encode(image)
+    return (posterior.mean + posterior.std * noise_like(posterior.mean, generators)) * model.config.vae.scaling_factor
+
+
+def _strength_tail(schedule: Schedule, steps: int, strength: float) -> torch.Tensor:
+    # As diffusers does: run int(steps * strength) steps, the last ones of the full schedule.
+    return schedule.sigmas[steps - min(int(steps * strength), steps) :]
+
+
 def img2img(
     model: StableDiffusion,
     prompt: str | list[str],
@@ -93,39 +119,93 @@ def img2img(
     """Text + image -> image: noise the image's latent to `strength` of the way, then denoise.
 
     image: (B, 3, H, W) in [0, 1] (one image per prompt, or one for all). strength 0 returns the
-    image through the VAE, 1 ignores it; only the last round(steps * strength) steps run.
+    image through the VAE, 1 ignores it; only the last int(steps * strength) steps run.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
-    _check(model, steps, sampler, image.shape[2], image.shape[3])
-    prompts = _prompts(prompt, image.shape[0] if image.shape[0] > 1 else None)
-    image = image.expand(len(prompts), -1, -1, -1) if image.shape[0] == 1 else image
-    if image.shape[0] != len(prompts):
-        raise ValueError(f"{image.shape[0]} images for {len(prompts)} prompts")
+    prompts, image = _image_batch(model, prompt, image, steps, sampler, strength)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    schedule = _schedule(model, steps, sampler, sigmas)
-    # As diffusers does: run int(steps * strength) steps, the last ones of the full schedule.
-    start = steps - min(int(steps * strength), steps)
-    tail = schedule.sigmas[start:]
-    with torch.no_grad():
-        posterior = model.vae.encode(image.to(model.device, model.dtype) * 2 - 1)
-        eps = noise_like(posterior.mean, generators)  # the posterior's own sample, per image
-        x0 = (posterior.mean + posterior.std * eps) * model.config.vae.scaling_factor
+    tail = _strength_tail(_schedule(model, steps, sampler, sigmas), steps, strength)
+    x0 = _encode(model, image * 2 - 1, generators)
     x = x0 + noise_like(x0, generators) * tail[0].to(model.dtype) if len(tail) > 1 else x0
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators)
 
 
+def inpaint(
+    model: StableDiffusion,
+    prompt: str | list[str],
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    strength: float = 1.0,
+    negative_prompt: str = "",
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    seed: int = 0,
+    sampler: str = "euler",
+    sigmas: str = "default",
+) -> Iterator[Step | torch.Tensor]:
+    """Repaint where mask is 1 (white), keep the rest.
+
+    mask: (B or 1, 1, H, W) in [0, 1], thresholded at 0.5. With SD's inpainting UNet (9 input
+    channels: latent, mask, masked-image latent) the model sees what to keep. With any other UNet
+    the kept region is pasted back after every step, noised to the step's level (latent blending).
+    """
+    prompts, image = _image_batch(model, prompt, image, steps, sampler, strength)
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2:] != image.shape[2:]:
+        raise ValueError(
+            f"mask must be (B, 1, {image.shape[2]}, {image.shape[3]}) like the image, got {tuple(mask.shape)}"
+        )
+    unet_channels = model.config.unet.in_channels
+    latent_channels = model.config.unet.out_channels
+    if unet_channels not in (latent_channels, 2 * latent_channels + 1):
+        raise ValueError(f"a UNet with {unet_channels} input channels is neither plain nor an inpainting UNet")
+    mask = (mask >= 0.5).to(model.device, model.dtype).expand(len(prompts), -1, -1, -1)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    tail = _strength_tail(_schedule(model, steps, sampler, sigmas), steps, strength)
+    blend = unet_channels == latent_channels
+    # Draw from each image's generator in diffusers' order: image posterior (when used), the initial
+    # noise, the masked image's posterior; seeds then give the same images in both.
+    x0 = _encode(model, image * 2 - 1, generators) if blend or strength < 1 else None
+    f = model.config.vae.downsample_factor
+    shape = (len(prompts), latent_channels, image.shape[2] // f, image.shape[3] // f)
+    noise = noise_like(torch.empty(shape, dtype=model.dtype), generators).to(model.device)
+    x = noise * (1 + tail[0] ** 2).sqrt().to(model.dtype) if strength == 1 else x0 + noise * tail[0].to(model.dtype)
+    masked = _encode(model, (image * 2 - 1) * (mask < 0.5), generators)  # repainted pixels set to grey
+    latent_mask = torch.nn.functional.interpolate(mask, size=shape[2:])  # nearest
+    if blend:
+        return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators,
+                        keep=(x0, noise, latent_mask))  # fmt: skip
+    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators,
+                    extra_channels=torch.cat([latent_mask, masked], dim=1))  # fmt: skip
+
+
 @torch.no_grad()
-def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x, generators):
-    denoiser = Denoiser(model.unet, train_sigmas(model.config.scheduler).to(model.device),
-                        model.config.scheduler.prediction_type)  # fmt: skip
+def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x, generators,
+             keep=None, extra_channels=None):  # fmt: skip
+    """Run the sampler with guidance, yield its steps, then decode.
+
+    keep=(x0, noise, mask): latent blending; after each step the region where mask is 0 is reset to
+    the image's latent x0 noised to the step's level. extra_channels: fed to the UNet beside x_t.
+    """
+    unet = model.unet
+    if extra_channels is not None:
+
+        def unet(x_t, t, context):  # CFG doubles the batch: repeat the extra channels to match
+            extra = extra_channels.repeat(x_t.shape[0] // extra_channels.shape[0], 1, 1, 1)
+            return model.unet(torch.cat([x_t, extra], dim=1), t, context)
+
+    scheduler = model.config.scheduler
+    denoiser = Denoiser(unet, train_sigmas(scheduler).to(model.device), scheduler.prediction_type)
     context = model.encode_prompt(prompts)
     uncond = model.encode_prompt([negative_prompt] * len(prompts))
     guided = GuidedDenoiser(denoiser, context, uncond, guidance_scale)
     sigmas = sigmas.to(model.device, model.dtype)
     for step in get_sampler(sampler).steps(guided, x, sigmas, generator=generators):
+        if keep is not None:
+            x0, noise, mask = keep
+            sigma = sigmas[step.index + 1]
+            last = step.index + 1 == len(sigmas) - 1
+            # In x_t terms, as diffusers blends: the clean latent at the end, else x0 noised to sigma.
+            kept = x0 * (1 + sigma**2).sqrt() if last else x0 + noise * sigma
+            step.x = (1 - mask) * kept + mask * step.x
         yield step
         x = step.x
     if not torch.isfinite(x).all():
@@ -140,10 +220,10 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def from_pil(image: Image.Image) -> torch.Tensor:
-    """A PIL image -> (1, 3, H, W) float in [0, 1]."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+def from_pil(image: Image.Image, mode: str = "RGB") -> torch.Tensor:
+    """A PIL image -> (1, C, H, W) float in [0, 1]; mode "L" gives one grey channel (masks)."""
+    arr = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1)[None]
 
 
-__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "to_pil", "txt2img"]
+__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "inpaint", "to_pil", "txt2img"]

@@ -1,8 +1,9 @@
 """Samplers: stateless functions that walk x from sigmas[0] down to sigmas[-1].
 
 One signature for all:  sample_*(model, x, sigmas, callback=None, generator=None, **options) -> x
-Each is written as a generator of Steps (`sample_*.steps(...)`, what the pipelines iterate); the
-`@sampler` wrapper runs it to the end, calling `callback` after every step.
+Each is written as a generator of Steps (`sample_*.steps(...)`, what the pipelines iterate; a
+consumer may replace `step.x` before resuming it); the `@sampler` wrapper runs it to the end,
+calling `callback` after every step.
     model(x, sigma) -> x0   a denoiser (denoisers.py), guidance included
     x                       the start, x = x0 + sigmas[0] * eps (pure noise: eps * sigmas[0])
     sigmas                  decreasing noise levels (schedules.make_schedule), one step per gap
@@ -42,8 +43,11 @@ def noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
-def _step(i: int, sigmas: torch.Tensor, x: torch.Tensor, x0: torch.Tensor) -> Step:
-    return Step(i, len(sigmas) - 1, sigmas[i].item(), x, x0)
+def _step(i: int, sigmas: torch.Tensor, x: torch.Tensor, x0: torch.Tensor):
+    """Yield the step; continue from step.x, which the consumer may replace (inpainting does)."""
+    step = Step(i, len(sigmas) - 1, sigmas[i].item(), x, x0)
+    yield step
+    return step.x
 
 
 def sampler(steps_fn):
@@ -72,7 +76,7 @@ def sample_euler(model, x, sigmas, generator: Generators = None):
         x0 = model(x, sigmas[i])
         d = (x - x0) / sigmas[i]
         x = x + d * (sigmas[i + 1] - sigmas[i])
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
@@ -96,7 +100,7 @@ def sample_euler_ancestral(model, x, sigmas, generator: Generators = None, eta: 
         x = x + (x - x0) / sigmas[i] * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise_like(x, generator) * sigma_up
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 @sampler
@@ -117,7 +121,7 @@ def sample_heun(model, x, sigmas, generator: Generators = None):
             x_next = x + d * dt
             d_next = (x_next - model(x_next, sigmas[i + 1])) / sigmas[i + 1]
             x = x + (d + d_next) / 2 * dt
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 @sampler
@@ -143,7 +147,7 @@ def sample_dpmpp_2m(model, x, sigmas, generator: Generators = None):
             x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * target
             h_prev = h
         x0_prev = x0
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 @sampler
@@ -165,7 +169,7 @@ def sample_ddim(model, x, sigmas, generator: Generators = None, eta: float = 0.0
         if eta > 0:
             x_t = x_t + s * noise_like(x, generator)
         x = x_t / ab_next.sqrt()
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 @sampler
@@ -186,7 +190,7 @@ def sample_ddpm(model, x, sigmas, generator: Generators = None):
         variance = (beta * (1 - ab_next) / (1 - ab)).clamp(min=1e-20)
         x_t = mean + variance.sqrt() * noise_like(x, generator)
         x = x_t / ab_next.sqrt()
-        yield _step(i, sigmas, x, x0)
+        x = yield from _step(i, sigmas, x, x0)
 
 
 SAMPLERS = {

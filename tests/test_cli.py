@@ -72,6 +72,20 @@ def test_img2img_and_conversion(tiny_folder, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["config"]["unet"]["block_out_channels"] == [32, 64]
 
 
+def test_inpaint_from_files(tiny_folder, tmp_path):
+    Image.new("RGB", (16, 16), (20, 200, 30)).save(tmp_path / "start.png")
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    mask.save(tmp_path / "mask.png")
+    args = ["inpaint", "--model", str(tiny_folder), "--image", str(tmp_path / "start.png"), "--mask",
+            str(tmp_path / "mask.png"), "--steps", "3", "--out", str(tmp_path / "fixed.png")]  # fmt: skip
+    assert main(args) == 0
+    assert Image.open(tmp_path / "fixed.png").size == (16, 16)
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    args[args.index(str(tmp_path / "mask.png"))] = str(tmp_path / "small.png")
+    assert main(args) == 2
+
+
 def test_user_errors_are_one_line_with_exit_code_2(tiny_folder, tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
     (tmp_path / "notes.png").write_text("not an image")

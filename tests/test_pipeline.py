@@ -13,7 +13,7 @@ import torch
 
 from latentdiff import weights
 from latentdiff.model import StableDiffusion
-from latentdiff.pipeline import Step, img2img, to_pil, txt2img
+from latentdiff.pipeline import Step, img2img, inpaint, to_pil, txt2img
 from latentdiff.tokenizer import CLIPTokenizer
 from tests.tiny import diffusers_pipeline
 
@@ -116,3 +116,47 @@ def test_arguments_are_checked_at_the_call():
         img2img(model, "a", torch.zeros(1, 3, 16, 16), strength=1.5)
     with pytest.raises(ValueError, match=r"image must be \(B, 3, H, W\), got \(3, 16, 16\)"):
         img2img(model, "a", torch.zeros(3, 16, 16))
+
+
+def _mask() -> torch.Tensor:
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 4:20] = 1.0  # repaint a square, keep the rest
+    return mask
+
+
+@pytest.mark.parametrize("sampler,strength", [("ddim", 1.0), ("euler_ancestral", 0.7)])
+def test_inpaint_by_latent_blending_matches_diffusers(pair, sampler, strength):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    ours, pipe = pair
+    ref = StableDiffusionInpaintPipeline(**pipe.components)
+    ref.scheduler = _scheduler(pipe, sampler)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mine = list(inpaint(ours, PROMPT, image, _mask(), strength=strength, steps=4, guidance_scale=3.0, seed=5,
+                        sampler=sampler))[-1]  # fmt: skip
+    theirs = ref(PROMPT, image=image, mask_image=_mask(), strength=strength, num_inference_steps=4, height=32, width=32,
+                 guidance_scale=3.0, generator=torch.Generator().manual_seed(5), output_type="pt").images  # fmt: skip
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sd2", [False, True], ids=["sd1-eps", "sd2-v"])
+def test_inpaint_with_a_9_channel_unet_matches_diffusers(tokenizer_folder, tmp_path, sd2):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = diffusers_pipeline(tokenizer_folder, sd2, in_channels=9)
+    ref = StableDiffusionInpaintPipeline(**pipe.components)
+    ref.save_pretrained(tmp_path / "inpaint")
+    ours = weights.load(tmp_path / "inpaint")
+    assert ours.config.unet.in_channels == 9
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mine = list(inpaint(ours, PROMPT, image, _mask(), steps=3, guidance_scale=6.0, seed=8, sampler="ddim"))[-1]
+    ref.scheduler = _scheduler(pipe, "ddim")
+    theirs = ref(PROMPT, image=image, mask_image=_mask(), num_inference_steps=3, guidance_scale=6.0, height=32,
+                 width=32, generator=torch.Generator().manual_seed(8), output_type="pt").images  # fmt: skip
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+
+
+def test_inpaint_checks_the_mask():
+    model = StableDiffusion.from_preset("tiny")
+    with pytest.raises(ValueError, match=r"mask must be \(B, 1, 16, 16\) like the image, got \(1, 1, 8, 8\)"):
+        inpaint(model, "a", torch.zeros(1, 3, 16, 16), torch.zeros(1, 1, 8, 8))

@@ -69,10 +69,11 @@ def vae_pair(seed: int = 0):
     return vae_config(), ref
 
 
-def unet_config(sd2: bool = False) -> UNetConfig:
-    """SD1-style: conv proj_in/out, heads per level. SD2-style: linear proj, fixed head size."""
+def unet_config(sd2: bool = False, in_channels: int = 4) -> UNetConfig:
+    """SD1-style: conv proj_in/out, heads per level. SD2-style: linear proj, fixed head size.
+    in_channels=9 is SD's inpainting UNet (latent + mask + masked-image latent)."""
     return UNetConfig(
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         sample_size=16,
         block_out_channels=(32, 64, 64),
@@ -88,13 +89,13 @@ def unet_config(sd2: bool = False) -> UNetConfig:
     )
 
 
-def unet_pair(sd2: bool = False, seed: int = 0):
+def unet_pair(sd2: bool = False, seed: int = 0, in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     ref = UNet2DConditionModel(
         sample_size=16,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -107,10 +108,10 @@ def unet_pair(sd2: bool = False, seed: int = 0):
         upcast_attention=sd2,
         norm_num_groups=16,
     ).eval()
-    return unet_config(sd2), ref
+    return unet_config(sd2, in_channels), ref
 
 
-def sd_config(sd2: bool = False) -> SDConfig:
+def sd_config(sd2: bool = False, in_channels: int = 4) -> SDConfig:
     """A whole tiny SD whose three parts match the twins above, with the real CLIP vocabulary size
     (so real tokenizer ids fit) and the text width equal to the UNet's context width."""
     text = CLIPTextConfig(
@@ -123,12 +124,12 @@ def sd_config(sd2: bool = False) -> SDConfig:
     return SDConfig(
         text=text,
         vae=vae_config(),
-        unet=unet_config(sd2),
+        unet=unet_config(sd2, in_channels),
         scheduler=SchedulerConfig(prediction_type="v_prediction" if sd2 else "epsilon"),
     )
 
 
-def diffusers_pipeline(tokenizer_folder, sd2: bool = False, seed: int = 0):
+def diffusers_pipeline(tokenizer_folder, sd2: bool = False, seed: int = 0, in_channels: int = 4):
     """A tiny random diffusers StableDiffusionPipeline matching `sd_config(sd2)`.
 
     tokenizer_folder: a folder with vocab.json + merges.txt for transformers' CLIPTokenizer.
@@ -138,7 +139,7 @@ def diffusers_pipeline(tokenizer_folder, sd2: bool = False, seed: int = 0):
     from transformers import CLIPTextModel as HFModel
     from transformers import CLIPTokenizer as HFTokenizer
 
-    _, unet = unet_pair(sd2, seed)
+    _, unet = unet_pair(sd2, seed, in_channels)
     _, vae = vae_pair(seed + 1)
     torch.manual_seed(seed + 2)
     text = HFModel(
