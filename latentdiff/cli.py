@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import ConfigError
@@ -43,9 +44,6 @@ def _write_images(model, states, args, model_name: str, extra: dict) -> list[Pat
     from .metadata import A1111_SAMPLERS, format_parameters
     from .pipeline import Step, to_pil
 
-    warning = model.tokenizer.truncation_warning(model.tokenizer(args.prompt), [args.prompt])
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
     with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
         for state in states:
@@ -184,8 +182,8 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentdiff", description="Stable Diffusion from scratch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="latentdiff", description="Stable Diffusion from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="run the whole pipeline once (random tiny weights until a model ships)")
     _add_generation_args(p, "out/demo.png")
@@ -233,13 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other user error
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, even mid progress bar
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except _user_errors() as e:
-        print(f"latentdiff: error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed on one line
+        return e.code
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every long prompt, not just the first
+        warnings.showwarning = _one_line_warning
+        try:
+            args.func(args)
+        except _user_errors() as e:
+            print(f"latentdiff: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -6,6 +6,7 @@ This is what weights I/O loads and saves and what pipelines run. It holds no sam
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ from .config import SDConfig, preset
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder's context; the message names the dropped words."""
 
 
 class StableDiffusion(nn.Module):
@@ -60,5 +65,9 @@ class StableDiffusion(nn.Module):
     @torch.no_grad()
     def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
         """Prompts -> the context the UNet cross-attends to, (B, 77, D)."""
-        ids = self.tokenizer(prompts).input_ids.to(self.device)
+        tokens = self.tokenizer(prompts)
+        warning = self.tokenizer.truncation_warning(tokens, prompts)
+        if warning:  # CLIP reads 77 tokens; the rest of a long prompt has no effect, so say which
+            warnings.warn(warning, PromptTruncatedWarning, stacklevel=2)
+        ids = tokens.input_ids.to(self.device)
         return self.text_encoder.encode(ids, layer=self.config.clip_skip_layer).to(self.dtype)

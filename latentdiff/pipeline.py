@@ -63,7 +63,7 @@ def txt2img(
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
-    sampler: str = "euler",
+    sampler: str = "euler_ancestral",
     sigmas: str = "default",
     batch: int | None = None,
 ) -> Iterator[Step | torch.Tensor]:
@@ -113,7 +113,7 @@ def img2img(
     steps: int = 20,
     guidance_scale: float = 7.5,
     seed: int = 0,
-    sampler: str = "euler",
+    sampler: str = "euler_ancestral",
     sigmas: str = "default",
 ) -> Iterator[Step | torch.Tensor]:
     """Text + image -> image: noise the image's latent to `strength` of the way, then denoise.
@@ -139,7 +139,7 @@ def inpaint(
     steps: int = 20,
     guidance_scale: float = 7.5,
     seed: int = 0,
-    sampler: str = "euler",
+    sampler: str = "euler_ancestral",
     sigmas: str = "default",
 ) -> Iterator[Step | torch.Tensor]:
     """Repaint where mask is 1 (white), keep the rest.

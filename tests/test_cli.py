@@ -102,12 +102,23 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_folder, tmp_path, capsys
     }
     Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
     cases[("img2img", *model, "--image", str(tmp_path / "ok.png"), "--strength", "2")] = "strength must be between"
+    cases[("generate", *model, "--sampler", "plms")] = "argument --sampler: invalid choice: 'plms'"
     for argv, message in cases.items():
         capsys.readouterr()
         assert main(list(argv)) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("latentdiff: error: ") and message in err[0], err
+        assert len(err) == 1 and err[0].startswith("latentdiff") and ": error: " in err[0], err
+        assert message in err[0], err
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "d.png").exists()
+
+
+def test_long_prompt_warns_in_one_line(tiny_folder, tmp_path, capsys):
+    args = ["generate", "--model", str(tiny_folder), "--prompt", "a red circle " * 30, "--steps", "1",
+            "--height", "16", "--width", "16", "--out", str(tmp_path / "long.png")]  # fmt: skip
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ['warning: prompt 0 is 90 tokens, 15 over the 75-token limit; dropped: "'
+                        + "a red circle " * 4 + 'a red circle"']  # fmt: skip
 
 
 def test_tokenize_reports_truncation(capsys):
