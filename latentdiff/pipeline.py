@@ -1,4 +1,4 @@
-"""txt2img and img2img as generators that yield each denoising step, then the images.
+"""txt2img, img2img and inpaint as generators that yield each denoising step, then the images.
 
     for state in txt2img(model, "a red circle", steps=20, sampler="dpmpp_2m", sigmas="karras"):
         ...  # samplers.Step(index, total, sigma, x, x0) per step, finally images (B, 3, H, W) in [0, 1]
@@ -49,6 +49,8 @@ def _schedule(model: StableDiffusion, steps: int, sampler: str, sigmas: str) -> 
 
 def _prompts(prompt: str | list[str], batch: int | None) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or (batch is not None and batch < 1):
+        raise ValueError(f"need at least one prompt and a batch of at least 1, got {len(prompts)} and {batch}")
     if batch is not None:
         prompts = prompts * batch if len(prompts) == 1 else prompts
     return prompts
