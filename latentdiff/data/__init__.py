@@ -1,0 +1,1 @@
+"""Offline datasets: the procedural shapes world (more to come: emoji, Fashion-MNIST, MNIST)."""

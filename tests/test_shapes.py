@@ -1,0 +1,107 @@
+"""The shapes world: generator and parser agree, scenes keep SHAPES.md's rules, wrong captions fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latentdiff.data.shapes import (
+    MIN_OFFSET,
+    SIZES,
+    caption_holds,
+    make_dataset,
+    parse_caption,
+    parse_image,
+    render,
+    sample_scene,
+)
+
+
+def _true_relation(a, b) -> str:
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    if abs(dx) > abs(dy):
+        return "to the left of" if dx > 0 else "to the right of"
+    return "above" if dy > 0 else "below"
+
+
+def test_generator_and_parser_agree_on_1000_scenes():
+    rng = np.random.default_rng(2026)
+    for _ in range(1000):
+        scene = sample_scene(rng)
+        image = render(scene)
+        assert caption_holds(image, scene.caption), scene.caption
+        background, regions = parse_image(image)
+        assert background == scene.background
+        truth = sorted((o.colour, o.shape, o.size) for o in scene.objects)
+        assert sorted((r.colour, r.shape, r.size) for r in regions) == truth, scene.caption
+
+
+def test_scenes_keep_the_rules():
+    rng = np.random.default_rng(7)
+    counts = {"size": 0, "sizes": 0, "background": 0, "two": 0}
+    n = 1000
+    for _ in range(n):
+        scene = sample_scene(rng)
+        for obj in scene.objects:
+            lo, hi = SIZES[obj.size]
+            assert lo <= obj.side <= hi
+            x0, y0, x1, y1 = obj.box()
+            assert 0 < x0 and 0 < y0 and x1 < 64 and y1 < 64
+        if scene.relation:
+            a, b = scene.objects
+            counts["two"] += 1
+            assert _true_relation(a, b) == scene.relation
+            main = max(abs(b.cx - a.cx), abs(b.cy - a.cy))
+            assert main >= MIN_OFFSET
+        named = parse_caption(scene.caption)
+        counts["sizes"] += len(named["objects"])
+        counts["size"] += sum(size is not None for size, _, _ in named["objects"])
+        counts["background"] += named["background"] is not None
+    assert 0.4 < counts["two"] / n < 0.6
+    assert 0.4 < counts["size"] / counts["sizes"] < 0.6  # optional parts kept about half the time
+    assert 0.4 < counts["background"] / n < 0.6
+
+
+def test_datasets_are_reproducible_from_their_seed():
+    a, captions_a = make_dataset(seed=3, n=16)
+    b, captions_b = make_dataset(seed=3, n=16)
+    c, _ = make_dataset(seed=4, n=16)
+    assert a.shape == (16, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and captions_a == captions_b and not np.array_equal(a, c)
+
+
+def test_wrong_captions_are_rejected():
+    rng = np.random.default_rng(11)
+    checked = 0
+    while checked < 50:
+        scene = sample_scene(rng)
+        if scene.relation is None:
+            continue
+        image, caption = render(scene), scene.caption
+        a, b = scene.objects
+        other_colour = "red" if a.colour != "red" else "blue"
+        other_shape = "circle" if a.shape != "circle" else "square"
+        flipped = {"to the left of": "to the right of", "to the right of": "to the left of",
+                   "above": "below", "below": "above"}[scene.relation]  # fmt: skip
+        wrong = [
+            caption.replace(f"{a.colour} {a.shape}", f"{other_colour} {a.shape}", 1),
+            caption.replace(f"{a.colour} {a.shape}", f"{a.colour} {other_shape}", 1),
+            caption.replace(scene.relation, flipped),
+            f"a {a.colour} {a.shape}",  # one object named, two drawn
+            f"a {a.colour} {a.shape} on a {'black' if scene.background == 'white' else 'white'} background",
+        ]
+        for text in wrong:
+            if text != caption and parse_caption(text) != parse_caption(caption):
+                # A swapped relation with swapped objects is the same scene: only count real changes.
+                if not (a.colour == b.colour and a.shape == b.shape):
+                    assert not caption_holds(image, text), (caption, text)
+        checked += 1
+
+
+def test_larger_canvases_scale_and_bad_captions_fail():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        scene = sample_scene(rng, canvas=128)
+        assert caption_holds(render(scene, canvas=128), scene.caption), scene.caption
+    with pytest.raises(ValueError, match="not a shapes-world caption: 'a red hexagon'"):
+        parse_caption("a red hexagon")
