@@ -118,6 +118,20 @@ def cmd_inpaint(args) -> None:
     _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength, "Mask": "yes"})
 
 
+def cmd_train(args) -> None:
+    from .train import vae
+    from .train.common import RecipeError, load_recipe
+
+    if args.component != "vae":
+        raise ValueError(f"training {args.component!r} is not built yet; only vae")
+    try:
+        recipe = load_recipe(vae.VAERecipe, args.recipe, args.set)
+    except RecipeError as e:
+        raise ValueError(str(e)) from None
+    result = vae.train(recipe, resume=args.resume)
+    print(f"step {result['step']}: held-out PSNR {vae.evaluate(result['ema_model'], recipe.data):.2f} dB (EMA)")
+
+
 def cmd_convert(args) -> None:
     from .weights import load, save
 
@@ -210,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="below 1 starts from the image's own content")
     _add_generation_args(p, "out/inpaint.png")
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("train", help="train a component from a TOML recipe (resumable)")
+    p.add_argument("component", choices=["vae", "clip", "unet"])
+    p.add_argument("--recipe", default=None, help="recipes/*.toml (default: the script's built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one value")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="convert between the diffusers folder and the single-file layouts")
     p.add_argument("src")

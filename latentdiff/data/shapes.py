@@ -34,7 +34,7 @@ SIZES = {"small": (10, 14), "large": (22, 28)}  # bounding-box side at 64x64
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 MIN_OFFSET = 16  # centres differ by at least this along the relation's axis (at 64x64)
 MIN_REGION = 20  # the parser ignores regions smaller than this many pixels (at 64x64)
-GAP = 3  # free pixels between two objects' boxes, so their anti-aliased edges never touch
+GAP = 3  # free pixels between two objects' boxes (at 64x64), so their anti-aliased edges never touch
 # How much of its bounding box each shape fills; the parser classifies by the nearest.
 FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
 
@@ -72,14 +72,16 @@ def _sample_obj(rng: np.random.Generator, scale: float) -> Obj:
 
 
 def _place(rng: np.random.Generator, obj: Obj, canvas: int) -> None:
+    margin = max(0.5, canvas / 64)  # keeps the anti-aliased edge off the border
     h = obj.side / 2
-    obj.cx, obj.cy = rng.uniform(h + 1, canvas - h - 1, size=2)
+    obj.cx, obj.cy = rng.uniform(h + margin, canvas - h - margin, size=2)
 
 
-def _apart(a: Obj, b: Obj) -> bool:
+def _apart(a: Obj, b: Obj, scale: float) -> bool:
+    gap = max(1.5, GAP * scale)
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()
-    return ax1 + GAP <= bx0 or bx1 + GAP <= ax0 or ay1 + GAP <= by0 or by1 + GAP <= ay0
+    return ax1 + gap <= bx0 or bx1 + gap <= ax0 or ay1 + gap <= by0 or by1 + gap <= ay0
 
 
 def _relation_holds(a: Obj, b: Obj, relation: str, scale: float) -> bool:
@@ -95,20 +97,21 @@ def sample_scene(rng: np.random.Generator, canvas: int = 64) -> Scene:
     """A random scene and its caption; optional caption parts are each kept half of the time."""
     scale = canvas / 64
     background = str(rng.choice(list(BACKGROUNDS)))
-    objects = [_sample_obj(rng, scale)]
     relation = None
     if rng.random() < 0.5:
+        objects = [_sample_obj(rng, scale)]
         _place(rng, objects[0], canvas)
     else:
-        objects.append(_sample_obj(rng, scale))
         relation = str(rng.choice(RELATIONS))
-        for _ in range(10_000):  # rejection sampling; nearly always succeeds in a few tries
+        # Rejection sampling, sizes included: two large objects do not fit every canvas and relation.
+        for _ in range(10_000):
+            objects = [_sample_obj(rng, scale), _sample_obj(rng, scale)]
             for obj in objects:
                 _place(rng, obj, canvas)
-            if _apart(*objects) and _relation_holds(*objects, relation, scale):
+            if _apart(*objects, scale) and _relation_holds(*objects, relation, scale):
                 break
         else:
-            raise RuntimeError("could not place two objects; canvas too small?")
+            raise RuntimeError(f"could not place two objects on a {canvas}x{canvas} canvas")
     named = {
         "sizes": [bool(rng.random() < 0.5) for _ in objects],
         "background": bool(rng.random() < 0.5),

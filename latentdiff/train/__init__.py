@@ -1,0 +1,1 @@
+"""Training: one readable script per component, sharing common.py."""
