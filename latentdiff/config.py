@@ -44,6 +44,30 @@ class CLIPTextConfig:
 
 
 @dataclass(frozen=True)
+class CLIPVisionConfig:
+    """CLIP's image tower: a ViT over patch_size x patch_size patches plus a class token."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    image_size: int = 224
+    patch_size: int = 32
+    num_channels: int = 3
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"CLIPVisionConfig: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"CLIPVisionConfig: image_size {self.image_size} is not a multiple of {self.patch_size}")
+
+
+@dataclass(frozen=True)
 class VAEConfig:
     in_channels: int = 3
     out_channels: int = 3

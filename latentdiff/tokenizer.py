@@ -51,7 +51,8 @@ CONTEXT_LENGTH = 77  # CLIP's text transformer has 77 position embeddings
 NUM_MERGES = 49152 - 256 - 2
 DEFAULT_VOCAB = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's words: the special tokens, English contractions, runs of letters, single digits, and runs of
-# anything else that is not a space. IGNORECASE matters only for the specials ("<|ENDOFTEXT|>").
+# anything else that is not a space. Text is lower case by then; CLIP's IGNORECASE still changes one
+# character: U+0345 (combining Greek ypogegrammeni, case-folds to a letter) then matches no piece at all.
 _WORDS = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,

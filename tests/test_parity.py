@@ -116,3 +116,37 @@ def test_unet_matches_diffusers(sd2, batch, size, t):
         mine = ours(x, t, context)
     assert mine.shape == (batch, 4, *size)
     torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_clip_vision_matches_transformers(batch):
+    from transformers import CLIPVisionModel as RefVision
+
+    from latentdiff.clip import CLIPVisionModel
+    from tests.tiny import clip_model_pair
+
+    _, vision, ref_model = clip_model_pair()
+    ref = RefVision(ref_model.config.vision_config).eval()
+    ours = _load_twin(CLIPVisionModel, vision, ref)
+    pixels = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        theirs = ref(pixels)
+        last, pooled = ours(pixels)
+    torch.testing.assert_close(last, theirs.last_hidden_state, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pooled, theirs.pooler_output, atol=ATOL, rtol=0)
+
+
+def test_clip_model_logits_and_contrastive_loss_match_transformers():
+    from latentdiff.clip import CLIPModel, contrastive_loss
+    from tests.tiny import clip_model_pair
+
+    text, vision, ref = clip_model_pair()
+    ours = CLIPModel(text, vision, projection_dim=24).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ids = _random_ids(4, 6, torch.Generator().manual_seed(1))
+    pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = ref(input_ids=ids, pixel_values=pixels, return_loss=True)
+        logits = ours(ids, pixels)
+    torch.testing.assert_close(logits, theirs.logits_per_image, atol=ATOL, rtol=0)
+    torch.testing.assert_close(contrastive_loss(logits), theirs.loss, atol=ATOL, rtol=0)

@@ -170,3 +170,35 @@ def diffusers_pipeline(tokenizer_folder, sd2: bool = False, seed: int = 0, in_ch
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def clip_vision_config():
+    from latentdiff.config import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4
+    )
+
+
+def clip_model_pair(seed: int = 0):
+    """(our text config, our vision config, transformers CLIPModel with projection_dim 24)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text, _ = clip_text_pair()
+    vision = clip_vision_config()
+    torch.manual_seed(seed)
+    ref = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=TINY_EOS - 1,
+                eos_token_id=TINY_EOS, pad_token_id=TINY_EOS,
+            ),
+            vision_config=dict(
+                hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+                patch_size=4,
+            ),
+            projection_dim=24,
+        )
+    ).eval()  # fmt: skip
+    return text, vision, ref
