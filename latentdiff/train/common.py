@@ -151,7 +151,7 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "gpu": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -160,8 +160,8 @@ def set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["gpu"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["gpu"])
 
 
 def save_checkpoint(folder: Path, step: int, payload: dict) -> Path:
