@@ -119,17 +119,20 @@ def cmd_inpaint(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import vae
+    from .train import clip, vae
     from .train.common import RecipeError, load_recipe
 
-    if args.component != "vae":
-        raise ValueError(f"training {args.component!r} is not built yet; only vae")
+    trainers = {"vae": (vae, vae.VAERecipe, "held-out PSNR {:.2f} dB"), "clip": (clip, clip.CLIPRecipe,
+                "held-out caption retrieval {:.1%}")}  # fmt: skip
+    if args.component not in trainers:
+        raise ValueError(f"training {args.component!r} is not built yet; choose one of {', '.join(trainers)}")
+    module, recipe_cls, report = trainers[args.component]
     try:
-        recipe = load_recipe(vae.VAERecipe, args.recipe, args.set)
+        recipe = load_recipe(recipe_cls, args.recipe, args.set)
     except RecipeError as e:
         raise ValueError(str(e)) from None
-    result = vae.train(recipe, resume=args.resume)
-    print(f"step {result['step']}: held-out PSNR {vae.evaluate(result['ema_model'], recipe.data):.2f} dB (EMA)")
+    result = module.train(recipe, resume=args.resume)
+    print(f"step {result['step']}: " + report.format(module.evaluate(result["ema_model"], recipe.data)) + " (EMA)")
 
 
 def cmd_convert(args) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from latentdiff.config import VAEConfig
-from latentdiff.train.common import OptimConfig, RecipeError, load_recipe, lr_at
-from latentdiff.train.vae import DataConfig, VAERecipe, evaluate, train
+from latentdiff.train.common import DataConfig, OptimConfig, RecipeError, load_recipe, lr_at
+from latentdiff.train.vae import VAERecipe, evaluate, train
 
 TINY_VAE = VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4)
 
@@ -83,3 +83,42 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert main(args + ["--set", "optim.max_steps=3", "--resume"]) == 0
     assert "step 3: held-out PSNR" in capsys.readouterr().out
     assert main(["train", "vae", "--set", "optim.lr=fast"]) == 2
+
+
+def test_clip_loop_overfits_a_tiny_batch_and_the_cli_runs_it(tmp_path, capsys):
+    from latentdiff.cli import main
+    from latentdiff.config import CLIPTextConfig, CLIPVisionConfig
+    from latentdiff.train.clip import CLIPRecipe, evaluate
+    from latentdiff.train.clip import train as train_clip
+
+    recipe = CLIPRecipe(
+        text=CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        vision=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        ),  # fmt: skip
+        projection_dim=16,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=40),
+        data=DataConfig(canvas=16, pool=4, heldout=8),
+        batch_size=4,
+        log_every=10,
+        ckpt_every=40,
+        out=str(tmp_path / "clip"),
+    )
+    first = train_clip(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, max_steps=1),
+                                           out=str(tmp_path / "c1")), quiet=True)  # fmt: skip
+    last = train_clip(recipe, quiet=True)
+    assert last["loss"] < 0.5 * first["loss"]  # 4 pairs: the diagonal is learned
+    assert 0.0 <= evaluate(last["ema_model"], recipe.data) <= 1.0
+    overrides = ["data.canvas=16", "vision.image_size=16", "vision.patch_size=4", "vision.hidden_size=32",
+                 "vision.num_attention_heads=2", "vision.num_hidden_layers=1", "text.hidden_size=32",
+                 "text.num_attention_heads=2", "text.num_hidden_layers=1", "projection_dim=16", "data.pool=8",
+                 "data.heldout=4", "batch_size=4", "optim.max_steps=2", f"out={tmp_path / 'cli'}"]  # fmt: skip
+    args = ["train", "clip"] + [part for o in overrides for part in ("--set", o)]
+    assert main(args) == 0
+    assert "held-out caption retrieval" in capsys.readouterr().out
+    assert main(["train", "clip", "--set", "vision.image_size=32"]) == 2  # does not match the 64 px data

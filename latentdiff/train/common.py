@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 import typing
 from pathlib import Path
 
@@ -30,6 +31,17 @@ else:  # pragma: no cover
 
 class RecipeError(ValueError):
     """A recipe that cannot be read: the message names the file or key and what is wrong."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Training data from the shapes world: a pool generated once from `seed`, and a held-out set."""
+
+    canvas: int = 64
+    seed: int = 0
+    pool: int = 20_000
+    heldout_seed: int = 987_654_321  # never used for training
+    heldout: int = 256
 
 
 @dataclasses.dataclass
@@ -205,3 +217,60 @@ class Metrics:
     def log(self, step: int, **values: float) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
+
+
+def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """The pool (or the held-out set) as (N, 3, H, W) floats in [-1, 1], with the captions."""
+    from ..data.shapes import make_dataset
+
+    seed, n = (data.heldout_seed, data.heldout) if heldout else (data.seed, data.pool)
+    images, captions = make_dataset(seed, n, data.canvas)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, captions
+
+
+def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: int | None = None,
+        quiet: bool = False) -> dict:  # fmt: skip
+    """The loop every trainer shares: AdamW with warmup + cosine, gradient accumulation and
+    clipping, EMA, metrics, atomic checkpoints, and exact resume from the last one.
+
+    loss_fn() draws its own batch (from the global torch RNG, which checkpoints carry) and returns
+    the loss of one micro-batch. recipe has .optim, .batch_size, .log_every, .ckpt_every, .out.
+    stop_at ends the run early, as a kill would. Returns the step, last loss, model and EMA.
+    """
+    out, o = Path(recipe.out), recipe.optim
+    optimizer = make_optimizer(model, o)
+    ema = EMA(model, o.ema_decay)
+    step = 0
+    checkpoint = load_last_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema.shadow = checkpoint["ema"]
+        step = checkpoint["step"]
+        set_rng_state(checkpoint["rng"])
+    metrics = Metrics(out / "metrics.jsonl")
+    start, loss_value = time.perf_counter(), float("nan")
+    while step < o.max_steps and (stop_at is None or step < stop_at):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, o)
+        loss_value = 0.0
+        for _ in range(o.grad_accum):
+            loss = loss_fn()
+            (loss / o.grad_accum).backward()
+            loss_value += loss.item() / o.grad_accum
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+        step += 1
+        if step % recipe.log_every == 0 or step == o.max_steps:
+            rate = recipe.batch_size * o.grad_accum * recipe.log_every / (time.perf_counter() - start)
+            metrics.log(step, loss=loss_value, lr=lr_at(step - 1, o), samples_per_s=rate)
+            if not quiet:
+                print(f"step {step}: loss {loss_value:.4f}, {rate:.1f} samples/s", flush=True)
+            start = time.perf_counter()
+        if step % recipe.ckpt_every == 0 or step == o.max_steps:
+            payload = {"recipe": dataclasses.asdict(recipe), "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "ema": ema.shadow}  # fmt: skip
+            save_checkpoint(out, step, payload)
+    return {"step": step, "loss": loss_value, "model": model, "ema": ema}
