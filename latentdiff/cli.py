@@ -132,7 +132,10 @@ def cmd_train(args) -> None:
     except RecipeError as e:
         raise ValueError(str(e)) from None
     result = module.train(recipe, resume=args.resume)
-    print(f"step {result['step']}: " + report.format(module.evaluate(result["ema_model"], recipe.data)) + " (EMA)")
+    # Both: early in a run the EMA is still mostly the initial weights (0.999 ** 150 = 0.86).
+    for name in ("model", "ema_model"):
+        score = report.format(module.evaluate(result[name], recipe.data))
+        print(f"step {result['step']}: {score} ({'EMA' if name == 'ema_model' else 'raw'})")
 
 
 def cmd_convert(args) -> None:
