@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A config that cannot describe a model we build (the message says which field and why)."""
 
 
+def _check_heads(cfg) -> None:
+    """Both CLIP towers split their width evenly across heads."""
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ConfigError(
+            f"{type(cfg).__name__}: hidden_size {cfg.hidden_size} is not divisible by "
+            f"num_attention_heads {cfg.num_attention_heads}"
+        )
+
+
 @dataclass(frozen=True)
 class CLIPTextConfig:
     vocab_size: int = 49408
@@ -34,11 +43,7 @@ class CLIPTextConfig:
     eos_token_id: int = 49407
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"CLIPTextConfig: hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
+        _check_heads(self)
         if self.hidden_act not in ("quick_gelu", "gelu"):
             raise ConfigError(f"CLIPTextConfig: hidden_act must be quick_gelu or gelu, got {self.hidden_act!r}")
 
@@ -58,11 +63,7 @@ class CLIPVisionConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"CLIPVisionConfig: hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
+        _check_heads(self)
         if self.image_size % self.patch_size:
             raise ConfigError(f"CLIPVisionConfig: image_size {self.image_size} is not a multiple of {self.patch_size}")
 

@@ -23,7 +23,6 @@ A1111_SAMPLERS = {
     "ddim": "DDIM",
     "ddpm": "DDPM",
 }
-_OURS = {v: k for k, v in A1111_SAMPLERS.items()}
 
 
 def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, object]) -> str:
@@ -60,7 +59,3 @@ def read_png_parameters(path: str | Path) -> dict[str, str]:
     if text is None:
         raise ValueError(f"{path}: has no generation parameters (no 'parameters' text chunk)")
     return parse_parameters(text)
-
-
-def sampler_from_a1111(name: str) -> str:
-    return _OURS.get(name, name)

@@ -146,3 +146,17 @@ def test_spacings_and_bad_arguments():
         get_sampler("plms")
     with pytest.raises(ValueError, match="unknown sigma spacing 'cosine'"):
         make_schedule(SchedulerConfig(), 4, sigmas="cosine")
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_q_sample_matches_diffusers_add_noise(beta_schedule):
+    from diffusers import DDPMScheduler
+
+    from latentdiff.schedules import alphas_cumprod, q_sample
+
+    cfg = SchedulerConfig(beta_schedule=beta_schedule)
+    ref = DDPMScheduler(beta_start=cfg.beta_start, beta_end=cfg.beta_end, beta_schedule=beta_schedule)
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(SHAPE, generator=gen), torch.randn(SHAPE, generator=gen)
+    t = torch.tensor([0, 10, 500, 999])[: SHAPE[0]]
+    torch.testing.assert_close(q_sample(x0, t, eps, alphas_cumprod(cfg)), ref.add_noise(x0, eps, t), atol=1e-5, rtol=0)
