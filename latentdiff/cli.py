@@ -20,7 +20,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .tokenizer import TokenizerError
     from .weights import WeightsError
 
-    return (WeightsError, ConfigError, TokenizerError, ValueError, FloatingPointError, FileNotFoundError)
+    return (
+        WeightsError,
+        ConfigError,
+        TokenizerError,
+        ValueError,
+        FloatingPointError,
+        FileNotFoundError,
+        PermissionError,
+    )
 
 
 def _load_image(path: str, mode: str = "RGB"):
@@ -66,32 +74,61 @@ def _write_images(model, states, args, model_name: str, extra: dict) -> list[Pat
     return paths
 
 
+# The model this checkout ships (trained by recipes/*.toml; see its README.md, the model card).
+BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes-64"
+
+
+def _model_path(args) -> Path:
+    if args.model is not None:
+        return Path(args.model)
+    if not (BUILTIN_MODEL / "model_index.json").exists():
+        raise FileNotFoundError(f"the built-in model is missing ({BUILTIN_MODEL}); pass --model PATH")
+    return BUILTIN_MODEL
+
+
 def _sampling(args) -> dict:
     return dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.cfg_scale,
                 seed=args.seed, sampler=args.sampler, sigmas="karras" if args.karras else "default")  # fmt: skip
 
 
-def cmd_demo(args) -> None:
-    from .model import StableDiffusion
-    from .pipeline import txt2img
+DEMO_PROMPTS = (
+    "a red circle above a blue square",
+    "a large yellow triangle on a black background",
+    "a small green square to the left of a pink circle",
+    "a purple circle on a white background",
+    "a cyan triangle below a large orange square",
+    "a blue square to the right of a small red triangle",
+    "a large pink circle on a black background",
+    "a green triangle above a yellow circle",
+)
 
-    print(
-        "latentdiff demo: the built-in trained model does not exist yet, so this runs the whole pipeline\n"
-        "(tokenizer -> CLIP text encoder -> UNet with a sampler + guidance -> VAE decoder) with RANDOM\n"
-        "weights in the 'tiny' architecture. It proves the pipeline runs end to end; the image is noise."
-    )
-    model = StableDiffusion.from_preset("tiny", seed=args.seed)
-    states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
-    _write_images(model, states, args, "tiny-random", {})
+
+def cmd_demo(args) -> None:
+    """The README's main command: the built-in model draws a grid of shapes-world prompts."""
+    from .images import save_png
+    from .pipeline import last_images, txt2img
+    from .train.grid import make_grid
+    from .weights import load
+
+    model = load(_model_path(args))
+    prompts = [p for p in DEMO_PROMPTS for _ in range(args.batch)]
+    start = time.perf_counter()
+    images = last_images(txt2img(model, prompts, **_sampling(args)))
+    grid = make_grid(images * 2 - 1, columns=args.batch)
+    grid = grid.resize((grid.width * 2, grid.height * 2), resample=0)  # nearest: 64 px tiles, shown at 2x
+    save_png(grid, args.out, {"prompts": "\n".join(DEMO_PROMPTS)})
+    print(f"wrote {args.out}: {len(prompts)} images in {time.perf_counter() - start:.1f} s, one row per prompt:")
+    for prompt in DEMO_PROMPTS:
+        print(f"  {prompt}")
 
 
 def cmd_generate(args) -> None:
     from .pipeline import txt2img
     from .weights import load
 
-    model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
-    _write_images(model, states, args, Path(args.model).stem, {})
+    _write_images(model, states, args, _model_path(args).name, {})
 
 
 def cmd_img2img(args) -> None:
@@ -99,9 +136,9 @@ def cmd_img2img(args) -> None:
     from .weights import load
 
     image = _load_image(args.image)
-    model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = img2img(model, [args.prompt] * args.batch, image, strength=args.strength, **_sampling(args))
-    _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength})
+    _write_images(model, states, args, _model_path(args).name, {"Denoising strength": args.strength})
 
 
 def cmd_inpaint(args) -> None:
@@ -113,36 +150,83 @@ def cmd_inpaint(args) -> None:
         raise ValueError(
             f"{args.mask}: mask is {mask.shape[3]}x{mask.shape[2]}, the image {image.shape[3]}x{image.shape[2]}"
         )
-    model = load(args.model, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = inpaint(model, [args.prompt] * args.batch, image, mask, strength=args.strength, **_sampling(args))
-    _write_images(model, states, args, Path(args.model).stem, {"Denoising strength": args.strength, "Mask": "yes"})
+    _write_images(model, states, args, _model_path(args).name, {"Denoising strength": args.strength, "Mask": "yes"})
 
 
 def cmd_train(args) -> None:
-    from .train import clip, vae
+    from .train import clip, unet, vae
     from .train.common import RecipeError, load_recipe
 
-    trainers = {"vae": (vae, vae.VAERecipe, "held-out PSNR {:.2f} dB"), "clip": (clip, clip.CLIPRecipe,
-                "held-out caption retrieval {:.1%}")}  # fmt: skip
-    if args.component not in trainers:
-        raise ValueError(f"training {args.component!r} is not built yet; choose one of {', '.join(trainers)}")
-    module, recipe_cls, report = trainers[args.component]
+    recipes = {"vae": vae.VAERecipe, "clip": clip.CLIPRecipe, "unet": unet.UNetRecipe}
     try:
-        recipe = load_recipe(recipe_cls, args.recipe, args.set)
+        recipe = load_recipe(recipes[args.component], args.recipe, args.set)
+        if args.component == "unet":
+            return _train_unet(recipe, args.resume)
+        module = {"vae": vae, "clip": clip}[args.component]
+        result = module.train(recipe, resume=args.resume)
     except RecipeError as e:
         raise ValueError(str(e)) from None
-    result = module.train(recipe, resume=args.resume)
+    report = {"vae": "held-out PSNR {:.2f} dB", "clip": "held-out caption retrieval {:.1%}"}[args.component]
     # Both: early in a run the EMA is still mostly the initial weights (0.999 ** 150 = 0.86).
     for name in ("model", "ema_model"):
         score = report.format(module.evaluate(result[name], recipe.data))
         print(f"step {result['step']}: {score} ({'EMA' if name == 'ema_model' else 'raw'})")
 
 
+def _train_unet(recipe, resume: bool) -> None:
+    from .evaluate import fidelity, shapes_prompts
+    from .train import unet
+    from .weights import save
+
+    result = unet.train(recipe, resume=resume)
+    folder = Path(recipe.out) / "model"
+    save(result["sd"], folder)  # the EMA UNet with the frozen VAE and text tower: a diffusers folder
+    score = fidelity(result["sd"], shapes_prompts(100)).score
+    print(f"step {result['step']}: shapes fidelity {score:.1%} on 100 fresh prompts (EMA, 20 euler steps, CFG 4)")
+    print(f"wrote {folder} (generate with: latentdiff generate --model {folder} --prompt ...)")
+
+
+def cmd_evaluate(args) -> None:
+    """The built-in model's bars, measured: shapes fidelity on fresh prompts and the VAE's PSNR."""
+    from .evaluate import fidelity, shapes_prompts
+    from .train.common import DataConfig
+    from .train.grid import save_grid
+    from .train.vae import evaluate as vae_psnr
+    from .weights import load
+
+    model = load(_model_path(args))
+    start = time.perf_counter()
+    result = fidelity(model, shapes_prompts(args.prompts), steps=args.steps, guidance_scale=args.cfg_scale,
+                      sampler=args.sampler, seed=args.seed)  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {args.steps} "
+          f"{args.sampler} steps, CFG {args.cfg_scale}; {seconds / len(result.held):.3f} s/image)")  # fmt: skip
+    psnr = vae_psnr(model.vae, DataConfig(heldout=args.prompts))
+    print(f"VAE held-out PSNR {psnr:.2f} dB (shapes, {args.prompts} scenes)")
+    if args.grid:
+        save_grid(result.images[:64] * 2 - 1, Path(args.grid))
+        print(f"wrote {args.grid} (the first 64 images)")
+
+
+def cmd_data(args) -> None:
+    from .data.sources import prepare
+
+    for line in prepare(args.names):
+        print(line)
+
+
 def cmd_convert(args) -> None:
+    import torch
+
     from .weights import load, save
 
     model = load(args.src, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
-    save(model, args.dst, format=args.to)
+    options = {"dtype": torch.float16} if args.half else {}
+    if args.max_shard_mb is not None:
+        options["max_shard_bytes"] = int(args.max_shard_mb * 2**20)
+    save(model, args.dst, format=args.to, **options)
     print(f"wrote {args.dst} ({args.to})")
 
 
@@ -174,10 +258,11 @@ def cmd_tokenize(args) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _add_generation_args(p: argparse.ArgumentParser, default_out: str) -> None:
+def _add_generation_args(p: argparse.ArgumentParser, default_out: str, prompt: bool = True) -> None:
     from .samplers import SAMPLERS
 
-    p.add_argument("--prompt", default="a red circle to the left of a blue square")
+    if prompt:
+        p.add_argument("--prompt", default="a red circle to the left of a blue square")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=float, default=7.5)
@@ -194,7 +279,7 @@ def _add_size_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_loading_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="diffusers folder or .safetensors single file")
+    p.add_argument("--model", default=None, help="diffusers folder or .safetensors single file (default: built-in)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .ckpt/.bin pickles (loaded with torch.load(weights_only=True))")  # fmt: skip
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
@@ -202,13 +287,15 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+
     parser = _Parser(prog="latentdiff", description="Stable Diffusion from scratch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("demo", help="run the whole pipeline once (random tiny weights until a model ships)")
-    _add_generation_args(p, "out/demo.png")
-    _add_size_args(p)
-    p.set_defaults(func=cmd_demo, steps=10, height=64, width=64)
+    p = sub.add_parser("demo", help="the built-in model draws a grid: 8 prompts x --batch seeds")
+    p.add_argument("--model", default=None, help="another diffusers folder (default: the built-in model)")
+    _add_generation_args(p, "out/demo.png", prompt=False)
+    p.set_defaults(func=cmd_demo, batch=4)
 
     p = sub.add_parser("generate", help="txt2img with SD weights (diffusers folder or single file)")
     _add_loading_args(p)
@@ -238,12 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="measure a model on the shapes world (fidelity, VAE PSNR)")
+    p.add_argument("--model", default=None, help="diffusers folder (default: the built-in model)")
+    p.add_argument("--prompts", type=int, default=300, help="how many fresh prompts (and held-out scenes)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=4.0)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="euler")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="install and verify training data (via apt / npm only)")
+    data = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    q = data.add_parser("prepare", help="download, verify and cache: emoji, mnist, fashion-mnist or all")
+    q.add_argument("names", nargs="+", metavar="NAME")
+    q.set_defaults(func=cmd_data)
+
     p = sub.add_parser("convert", help="convert between the diffusers folder and the single-file layouts")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--to", choices=["diffusers", "single_file"], required=True)
     p.add_argument("--allow-pickle", action="store_true")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.add_argument("--max-shard-mb", type=float, default=None, help="split weight files at this size (MiB)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="a PNG's generation settings, or a checkpoint's config and size")

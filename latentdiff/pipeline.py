@@ -217,6 +217,14 @@ def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x
     yield ((image.float() + 1) / 2).clamp(0, 1)
 
 
+def last_images(states: Iterator[Step | torch.Tensor]) -> torch.Tensor:
+    """Run a pipeline to its end without watching the steps: the images, (B, 3, H, W) in [0, 1]."""
+    images = None
+    for images in states:  # noqa: B007 (the generator's last item is the result)
+        pass
+    return images
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
@@ -228,4 +236,4 @@ def from_pil(image: Image.Image, mode: str = "RGB") -> torch.Tensor:
     return torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1)[None]
 
 
-__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "inpaint", "to_pil", "txt2img"]
+__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "inpaint", "last_images", "to_pil", "txt2img"]

@@ -21,20 +21,31 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
-def test_demo_writes_a_png_with_its_settings(tmp_path, capsys):
+def test_demo_writes_a_grid_of_its_prompts(tiny_folder, tmp_path, capsys):
+    from latentdiff.cli import DEMO_PROMPTS
+
     out = tmp_path / "demo.png"
-    assert main(["demo", "--out", str(out), "--steps", "2", "--prompt", "a cat"]) == 0
+    assert main(["demo", "--model", str(tiny_folder), "--out", str(out), "--steps", "2", "--batch", "2"]) == 0
     image = Image.open(out)
-    assert image.size == (64, 64)
-    assert parse_parameters(image.text["parameters"])["prompt"] == "a cat"
-    assert "with RANDOM" in capsys.readouterr().out
+    assert image.size == (2 * (2 * 66 + 2), 2 * (8 * 66 + 2))  # 8 rows of 2 tiles of 64 px, 2 px gutters, 2x
+    assert image.text["prompts"].splitlines() == list(DEMO_PROMPTS)
+    assert "one row per prompt" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]  # no temp file left behind
 
 
-def test_same_seed_gives_the_same_png_bytes(tmp_path):
+def test_same_seed_gives_the_same_png_bytes(tiny_folder, tmp_path):
     for name in ("a.png", "b.png"):
-        assert main(["demo", "--steps", "2", "--seed", "5", "--out", str(tmp_path / name)]) == 0
+        args = ["generate", "--model", str(tiny_folder), "--steps", "2", "--seed", "5", "--out", str(tmp_path / name)]
+        assert main(args) == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_without_model_the_built_in_one_is_used_or_named_missing(tmp_path, monkeypatch, capsys):
+    from latentdiff import cli
+
+    monkeypatch.setattr(cli, "BUILTIN_MODEL", tmp_path / "gone")
+    assert main(["generate", "--prompt", "a red circle", "--out", str(tmp_path / "x.png")]) == 2
+    assert f"the built-in model is missing ({tmp_path / 'gone'}); pass --model PATH" in capsys.readouterr().err
 
 
 def test_generate_writes_per_image_seeds_that_a1111_readers_understand(tiny_folder, tmp_path, capsys):
@@ -95,7 +106,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_folder, tmp_path, capsys
         ("generate", "--model", str(tmp_path / "missing")): "missing: no such file or folder",
         ("generate", "--model", str(tmp_path / "bad.safetensors")): "bad.safetensors: neither a safetensors file",
         ("info", str(tmp_path / "model.ckpt")): "model.ckpt: is a pickled PyTorch checkpoint",
-        ("demo", "--height", "63", "--out", str(tmp_path / "d.png")): "height and width must be positive multiples",
+        ("generate", *model, "--height", "63", "--out", str(tmp_path / "d.png")): "height and width must be positive",
         ("generate", *model, "--steps", "0"): "steps must be between 1 and 1000, got 0",
         ("img2img", *model, "--image", str(tmp_path / "notes.png")): "notes.png: cannot read as an image",
         ("img2img", *model, "--image", str(tmp_path / "d.png"), "--strength", "2"): "d.png: cannot read",
@@ -133,3 +144,17 @@ def test_parameters_round_trip_with_separators_in_values():
     parsed = parse_parameters(text)
     assert parsed == {"prompt": "line one\nline two", "negative_prompt": "bad, ugly", "Steps": "20",
                       "Model": "my: model, v2", "Seed": "1"}  # fmt: skip
+
+
+def test_evaluate_reports_fidelity_and_psnr(tiny_folder, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    args = ["evaluate", "--model", str(tiny_folder), "--prompts", "3", "--steps", "2", "--grid", str(grid)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, CFG 4.0;" in out  # random weights draw no shapes
+    assert "VAE held-out PSNR" in out and grid.exists()
+
+
+def test_data_prepare_names_what_it_knows(capsys):
+    assert main(["data", "prepare", "cifar"]) == 2
+    assert "unknown dataset 'cifar'; known: emoji, mnist, fashion-mnist, all" in capsys.readouterr().err

@@ -122,3 +122,39 @@ def test_clip_loop_overfits_a_tiny_batch_and_the_cli_runs_it(tmp_path, capsys):
     assert main(args) == 0
     assert "held-out caption retrieval" in capsys.readouterr().out
     assert main(["train", "clip", "--set", "vision.image_size=32"]) == 2  # does not match the 64 px data
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL mid-run (mid-save included, by luck of timing) never leaves a checkpoint that
+    --resume cannot use, and the resumed run ends where an uninterrupted one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from latentdiff.train.common import load_last_checkpoint
+
+    def command(out):
+        sets = ["model.block_out_channels=[16, 32]", "model.norm_num_groups=8", "model.layers_per_block=1",
+                "data.canvas=16", "data.pool=8", "data.heldout=4", "batch_size=2", "optim.max_steps=40",
+                "ckpt_every=1", "log_every=1000", f"out={out}"]  # fmt: skip
+        return [sys.executable, "-m", "latentdiff.cli", "train", "vae", *[x for s in sets for x in ("--set", s)]]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "straight"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    for delay in (0.0, 0.05, 0.13):  # a few kills at different moments after the first checkpoint lands
+        proc = subprocess.Popen(command(killed) + ["--resume"], env=env, stdout=subprocess.DEVNULL)
+        while not (killed / "last.txt").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert load_last_checkpoint(killed) is not None  # whatever moment it died, the pointer is usable
+    subprocess.run(command(killed) + ["--resume"], check=True, env=env, capture_output=True)
+    straight, resumed = load_last_checkpoint(tmp_path / "straight"), load_last_checkpoint(killed)
+    assert resumed["step"] == straight["step"] == 40
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert not list(killed.glob(".*"))  # no half-written file left behind

@@ -67,6 +67,28 @@ def test_ours_saved_as_diffusers_loads_into_diffusers(tmp_path, sd2):
         assert torch.equal(a, b)
 
 
+def test_half_precision_sharded_folder_loads_in_diffusers_and_ours(tmp_path):
+    """How the built-in model ships: float16 weights in files of at most max_shard_bytes."""
+    from diffusers import StableDiffusionPipeline
+
+    ours = _tiny_model()
+    weights.save(ours, tmp_path / "half", dtype=torch.float16, max_shard_bytes=64 * 1024)
+    shards = sorted((tmp_path / "half" / "unet").glob("diffusion_pytorch_model-*-of-*.safetensors"))
+    index = json.loads((tmp_path / "half" / "unet" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == [p.name for p in shards]
+    for shard in shards:  # within the limit, unless one tensor alone is larger (tensors are never split)
+        tensors = read_state_dict(shard)[0]
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        assert size <= 64 * 1024 or len(tensors) == 1, shard.name
+    again = weights.load(tmp_path / "half")
+    for (key, a), b in zip(again.state_dict().items(), ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b.half().float()), key  # float16 storage, float32 compute
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "half")
+    assert_same_outputs(again, pipe.to(torch.float32))
+    with pytest.raises(WeightsError, match="dtype: options of the diffusers layout"):
+        weights.save(ours, tmp_path / "x.safetensors", format="single_file", dtype=torch.float16)
+
+
 @pytest.mark.parametrize("sd2", [False, True], ids=["sd1", "sd2"])
 def test_single_file_round_trip_is_identical(tmp_path, sd2):
     ours = _tiny_model(sd2, seed=3)

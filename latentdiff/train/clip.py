@@ -17,7 +17,7 @@ import torch
 from ..clip import CLIPModel, contrastive_loss
 from ..config import CLIPTextConfig, CLIPVisionConfig
 from ..tokenizer import CLIPTokenizer
-from .common import DataConfig, OptimConfig, fit, shapes_tensors
+from .common import DataConfig, OptimConfig, device, fit, shapes_tensors, shard
 
 
 def _text() -> CLIPTextConfig:
@@ -51,16 +51,19 @@ def build(recipe: CLIPRecipe) -> CLIPModel:
 
 def train(recipe: CLIPRecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
     torch.manual_seed(recipe.data.seed)
-    model = build(recipe)
+    dev = device()
+    model = build(recipe).to(dev)
     images, captions = shapes_tensors(recipe.data)
     ids = CLIPTokenizer.default()(captions).input_ids  # (N, 77); shapes captions never need truncating
 
-    def loss_fn() -> torch.Tensor:
-        batch = torch.randint(len(images), (recipe.batch_size,))
-        return contrastive_loss(model(ids[batch], images[batch]))
+    def loss_fn(net, rank: int, world: int) -> torch.Tensor:
+        # Under DDP each rank contrasts its own share only (fewer negatives than one process with
+        # the whole batch would see; gathering the embeddings across ranks is not done).
+        batch = shard(torch.randint(len(images), (recipe.batch_size,)), rank, world)
+        return contrastive_loss(net(ids[batch].to(dev), images[batch].to(dev)))
 
     result = fit(model, loss_fn, recipe, resume, stop_at, quiet)
-    result["ema_model"] = build(recipe)
+    result["ema_model"] = build(recipe).to(dev)
     result["ema_model"].load_state_dict(result["ema"].shadow)
     return result
 
@@ -70,8 +73,9 @@ def evaluate(model: CLIPModel, data: DataConfig) -> float:
     """Held-out retrieval: how often an image's best-scoring caption among all held-out captions
     is its own (a caption drawn twice counts as right either way)."""
     model.eval()
+    dev = next(model.parameters()).device
     images, captions = shapes_tensors(data, heldout=True)
     unique = sorted(set(captions))
-    text = model.encode_text(CLIPTokenizer.default()(unique).input_ids)
-    picks = (model.encode_image(images) @ text.T).argmax(dim=1)
+    text = model.encode_text(CLIPTokenizer.default()(unique).input_ids.to(dev))
+    picks = (model.encode_image(images.to(dev)) @ text.T).argmax(dim=1)
     return sum(unique[p] == c for p, c in zip(picks.tolist(), captions, strict=True)) / len(captions)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -60,13 +61,13 @@ class OptimConfig:
 # --- recipes ---------------------------------------------------------------------------------------
 
 
-def _coerce(value, kind, where: str):
+def _coerce(value, kind, where: str, default=None):
     """Check (and gently convert, e.g. int -> float, list -> tuple) a TOML value against a field type."""
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a table, got {value!r}")
-        return _build(kind, value, where)
+        return _build(kind, value, where, default)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
@@ -84,12 +85,19 @@ def _coerce(value, kind, where: str):
     return value
 
 
-def _build(cls, table: dict, where: str):
+def _build(cls, table: dict, where: str, default=None):
+    """The table's keys over the defaults: a recipe's own default for a nested table (its `model`,
+    say), so a TOML file or `--set` changes only the keys it names."""
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(table) - set(hints))
     if unknown:
         raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(hints)})")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in table.items()})
+    default = cls() if default is None else default
+    values = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k, getattr(default, k)) for k, v in table.items()}
+    try:
+        return dataclasses.replace(default, **values)
+    except ValueError as e:  # a config's own check (ConfigError) on the combined values
+        raise RecipeError(f"{where}: {e}") from None
 
 
 def load_recipe(cls, path: str | Path | None, overrides: list[str] = ()):
@@ -228,49 +236,122 @@ def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tenso
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, captions
 
 
-def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: int | None = None,
-        quiet: bool = False) -> dict:  # fmt: skip
-    """The loop every trainer shares: AdamW with warmup + cosine, gradient accumulation and
-    clipping, EMA, metrics, atomic checkpoints, and exact resume from the last one.
+def device() -> torch.device:
+    """CUDA when present (each DDP rank on its own GPU), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
-    loss_fn() draws its own batch (from the global torch RNG, which checkpoints carry) and returns
-    the loss of one micro-batch. recipe has .optim, .batch_size, .log_every, .ckpt_every, .out.
-    stop_at ends the run early, as a kill would. Returns the step, last loss, model and EMA.
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size): under `torchrun` join the process group (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), world
+
+
+def shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of a global batch.
+
+    Every rank draws the whole global batch from the same RNG stream (the checkpointed one) and
+    keeps its share, so N processes see exactly the samples and noise one process would, and the
+    gradients DDP averages equal the single-process gradient of the global batch.
+    """
+    if len(batch) % world:
+        raise RecipeError(f"batch_size {len(batch)} is not divisible by the {world} processes")
+    per = len(batch) // world
+    return batch[rank * per : (rank + 1) * per]
+
+
+def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: int | None = None,
+        quiet: bool = False, on_checkpoint=None) -> dict:  # fmt: skip
+    """The loop every trainer shares: AdamW with warmup + cosine, gradient accumulation and
+    clipping, EMA, metrics (JSONL + loss.png), atomic checkpoints, exact resume from the last one.
+
+    loss_fn(net, rank, world) draws a global batch (from the global torch RNG, which checkpoints
+    carry), keeps this rank's `shard` of it and returns the loss of `net` (the model, or its DDP
+    wrapper under `torchrun`: call it, not the model, so gradients are averaged) on that share.
+    recipe has .optim, .batch_size, .log_every, .ckpt_every, .out. stop_at ends the run early, as
+    a kill would. on_checkpoint(step, ema_state) runs on rank 0 after each checkpoint (sample grids).
+    Returns the step, last loss, model and EMA.
     """
     out, o = Path(recipe.out), recipe.optim
+    rank, world = init_distributed()
     optimizer = make_optimizer(model, o)
     ema = EMA(model, o.ema_decay)
     step = 0
     checkpoint = load_last_checkpoint(out) if resume else None
+    if rank == 0:  # half-written files of a run that was killed mid-save: never pointed at, now removed
+        for stale in out.glob(".*.pt.*"):
+            stale.unlink(missing_ok=True)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        ema.shadow = checkpoint["ema"]
+        ema.shadow = {k: v.to(model.state_dict()[k].device) for k, v in checkpoint["ema"].items()}
         step = checkpoint["step"]
         set_rng_state(checkpoint["rng"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     metrics = Metrics(out / "metrics.jsonl")
     start, loss_value = time.perf_counter(), float("nan")
     while step < o.max_steps and (stop_at is None or step < stop_at):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, o)
         loss_value = 0.0
-        for _ in range(o.grad_accum):
-            loss = loss_fn()
-            (loss / o.grad_accum).backward()
+        for micro in range(o.grad_accum):
+            # DDP averages gradients on the last micro-batch only; the others accumulate locally.
+            last = world == 1 or micro == o.grad_accum - 1
+            with contextlib.nullcontext() if last else net.no_sync():
+                loss = loss_fn(net, rank, world)
+                (loss / o.grad_accum).backward()
             loss_value += loss.item() / o.grad_accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
         step += 1
-        if step % recipe.log_every == 0 or step == o.max_steps:
+        if world > 1:  # report the global loss, not rank 0's share of it
+            total = torch.tensor(loss_value, device=next(model.parameters()).device)
+            torch.distributed.all_reduce(total)
+            loss_value = total.item() / world
+        if rank == 0 and (step % recipe.log_every == 0 or step == o.max_steps):
             rate = recipe.batch_size * o.grad_accum * recipe.log_every / (time.perf_counter() - start)
             metrics.log(step, loss=loss_value, lr=lr_at(step - 1, o), samples_per_s=rate)
+            plot_loss(out / "metrics.jsonl", out / "loss.png")
             if not quiet:
                 print(f"step {step}: loss {loss_value:.4f}, {rate:.1f} samples/s", flush=True)
             start = time.perf_counter()
-        if step % recipe.ckpt_every == 0 or step == o.max_steps:
+        if rank == 0 and (step % recipe.ckpt_every == 0 or step == o.max_steps):
             payload = {"recipe": dataclasses.asdict(recipe), "model": model.state_dict(),
                        "optimizer": optimizer.state_dict(), "ema": ema.shadow}  # fmt: skip
             save_checkpoint(out, step, payload)
+            if on_checkpoint is not None:
+                with torch.random.fork_rng(devices=[]):  # a preview must not shift the training's random stream
+                    on_checkpoint(step, ema.shadow)
     return {"step": step, "loss": loss_value, "model": model, "ema": ema}
+
+
+def plot_loss(metrics_path: Path, png: Path, size: tuple[int, int] = (480, 240)) -> None:
+    """The loss curve (log scale) as a small PNG beside the metrics, redrawn at each log line."""
+    from PIL import Image, ImageDraw
+
+    from ..images import save_png
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    points = [(r["step"], math.log10(r["loss"])) for r in rows if r.get("loss", 0) > 0]
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    if len(points) >= 2:
+        (s0, s1), (l0, l1) = (min(p[0] for p in points), max(p[0] for p in points)), (
+            min(p[1] for p in points), max(p[1] for p in points))  # fmt: skip
+        w, h, pad = size[0], size[1], 24
+
+        def xy(step: float, loss: float) -> tuple[float, float]:
+            return (pad + (w - 2 * pad) * (step - s0) / max(s1 - s0, 1),
+                    h - pad - (h - 2 * pad) * (loss - l0) / max(l1 - l0, 1e-9))  # fmt: skip
+
+        draw.line([xy(*p) for p in points], fill=(40, 80, 220), width=2)
+        draw.text((pad, 4), f"loss {10**l1:.4g} .. {10**l0:.4g} (log scale), steps {s0}..{s1}", fill="black")
+    save_png(image, png)

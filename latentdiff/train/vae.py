@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import VAEConfig
 from ..vae import AutoencoderKL
-from .common import DataConfig, OptimConfig, fit, shapes_tensors
+from .common import DataConfig, OptimConfig, device, fit, shapes_tensors, shard
+from .grid import save_grid
 
 
 @dataclasses.dataclass
@@ -41,17 +43,26 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
     """Train (or continue) to recipe.optim.max_steps; stop_at ends early (as a kill would)."""
     torch.manual_seed(recipe.data.seed)
-    model = AutoencoderKL(recipe.model)
+    dev = device()
+    model = AutoencoderKL(recipe.model).to(dev)
     images, _ = shapes_tensors(recipe.data)
+    fixed = images[:8]  # the reconstructions shown in the run's sample grids
 
-    def loss_fn() -> torch.Tensor:
-        x = images[torch.randint(len(images), (recipe.batch_size,))]
-        recon, posterior = model(x, sample=True)
+    def loss_fn(net, rank: int, world: int) -> torch.Tensor:
+        x = shard(images[torch.randint(len(images), (recipe.batch_size,))], rank, world).to(dev)
+        recon, posterior = net(x, sample=True)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         return (recon - x).abs().mean() + recipe.kl_weight * kl
 
-    result = fit(model, loss_fn, recipe, resume, stop_at, quiet)
-    result["ema_model"] = AutoencoderKL(recipe.model)
+    def grid(step: int, ema_state: dict) -> None:  # originals above, EMA reconstructions below
+        ema_model = AutoencoderKL(recipe.model).to(dev).eval()
+        ema_model.load_state_dict(ema_state)
+        with torch.no_grad():
+            recon = ema_model(fixed.to(dev))[0].cpu()
+        save_grid(torch.cat([fixed, recon]), Path(recipe.out) / "samples" / f"step-{step:08d}.png", columns=8)
+
+    result = fit(model, loss_fn, recipe, resume, stop_at, quiet, on_checkpoint=grid)
+    result["ema_model"] = AutoencoderKL(recipe.model).to(dev)
     result["ema_model"].load_state_dict(result["ema"].shadow)
     return result
 
@@ -61,5 +72,6 @@ def evaluate(model: AutoencoderKL, data: DataConfig) -> float:
     """Mean PSNR (dB) of reconstructions (posterior mean) on held-out scenes."""
     x, _ = shapes_tensors(data, heldout=True)
     model.eval()
-    scores = [psnr(model(chunk)[0], chunk) for chunk in x.split(64)]
+    dev = next(model.parameters()).device
+    scores = [psnr(model(chunk.to(dev))[0].cpu(), chunk) for chunk in x.split(64)]
     return float(np.mean(scores))

@@ -31,13 +31,17 @@ def load(path: str | Path, allow_pickle: bool = False, prediction_type: str | No
     return model
 
 
-def save(model, path: str | Path, format: str = "diffusers") -> None:
+def save(model, path: str | Path, format: str = "diffusers", **options) -> None:
+    """options (diffusers only): dtype=torch.float16 to store half precision, max_shard_bytes=N to shard."""
     if format == "diffusers":
         from .diffusers_folder import save_diffusers
 
-        save_diffusers(model, path)
+        save_diffusers(model, path, **options)
     elif format == "single_file":
         from .single_file_io import save_single_file
+
+        if options:
+            raise WeightsError(f"{', '.join(options)}: options of the diffusers layout, not of single files")
 
         save_single_file(model, path)
     else:

@@ -89,8 +89,14 @@ def load_diffusers(folder: str | Path, allow_pickle: bool = False) -> StableDiff
     return model.eval()
 
 
-def save_diffusers(model: StableDiffusion, folder: str | Path) -> None:
-    """Write the folder complete or not at all: built beside the target, then moved into place."""
+def save_diffusers(model: StableDiffusion, folder: str | Path, dtype: torch.dtype | None = None,
+                   max_shard_bytes: int | None = None) -> None:  # fmt: skip
+    """Write the folder complete or not at all: built beside the target, then moved into place.
+
+    dtype: store the floating-point weights as this (torch.float16 halves the size); None keeps them.
+    max_shard_bytes: split a component's weights into files of at most this size, with the
+    `*.safetensors.index.json` map diffusers and transformers read.
+    """
     folder = Path(folder)
     if folder.exists() and not (folder / "model_index.json").exists() and any(folder.iterdir()):
         raise WeightsError(f"{folder}: exists and is not a diffusers folder; refusing to overwrite it")
@@ -98,7 +104,7 @@ def save_diffusers(model: StableDiffusion, folder: str | Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700, made what mkdir() gives
     try:
-        _write_folder(model, tmp)
+        _write_folder(model, tmp, dtype, max_shard_bytes)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -111,7 +117,7 @@ def save_diffusers(model: StableDiffusion, folder: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_folder(model: StableDiffusion, out: Path) -> None:
+def _write_folder(model: StableDiffusion, out: Path, dtype: torch.dtype | None, max_shard_bytes: int | None) -> None:
     c = model.config
     write_json(
         {
@@ -134,9 +140,30 @@ def _write_folder(model: StableDiffusion, out: Path) -> None:
     write_json(dc.text_to_transformers(c.text), out / "text_encoder" / "config.json")
     write_json(dc.scheduler_to_diffusers(c.scheduler), out / "scheduler" / "scheduler_config.json")
     model.tokenizer.save(out / "tokenizer")
-    meta = {"format": "pt"}
-    write_state_dict(model.unet.state_dict(), out / "unet" / "diffusion_pytorch_model.safetensors", meta)
-    write_state_dict(model.vae.state_dict(), out / "vae" / "diffusion_pytorch_model.safetensors", meta)
     # With the `text_model.` prefix, as SD checkpoints on disk have it: transformers 4.x needs it, 5.x accepts it.
     text = {f"text_model.{k}": v for k, v in model.text_encoder.state_dict().items()}
-    write_state_dict(text, out / "text_encoder" / "model.safetensors", meta)
+    for name, sd in (("unet", model.unet.state_dict()), ("vae", model.vae.state_dict()), ("text_encoder", text)):
+        if dtype is not None:
+            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        _write_weights(sd, out / name, _WEIGHT_NAMES[name], max_shard_bytes)
+
+
+def _write_weights(sd: dict[str, torch.Tensor], folder: Path, base: str, max_shard_bytes: int | None) -> None:
+    """<base>.safetensors, or <base>-0000i-of-0000n.safetensors + <base>.safetensors.index.json."""
+    meta = {"format": "pt"}
+    sizes = {k: v.numel() * v.element_size() for k, v in sd.items()}
+    if max_shard_bytes is None or sum(sizes.values()) <= max_shard_bytes:
+        write_state_dict(sd, folder / f"{base}.safetensors", meta)
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for key, value in sd.items():  # in order, a new shard whenever the next tensor would overflow
+        if shards[-1] and sum(sizes[k] for k in shards[-1]) + sizes[key] > max_shard_bytes:
+            shards.append({})
+        shards[-1][key] = value
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"{base}-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_state_dict(shard, folder / name, meta)
+        weight_map |= dict.fromkeys(shard, name)
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    write_json(index, folder / f"{base}.safetensors.index.json")

@@ -1,0 +1,227 @@
+"""Train the latent diffusion UNet, top to bottom (Rombach et al. 2022, section 3.3).
+
+    latentdiff train unet --recipe recipes/unet_shapes.toml [--set optim.max_steps=2000] [--resume]
+
+The VAE and the CLIP text tower come from finished `train vae` / `train clip` runs (or any
+diffusers folder) and stay frozen. Both are run once over the whole pool before training:
+- latents: the VAE posterior's mean and std per image (a fresh sample is drawn each step, as SD's
+  training does), times `scaling_factor` = 1 / (their std), so the diffusion sees unit variance;
+- text: the per-token states of the caption (B, 77, D), exactly what the UNet cross-attends to at
+  sampling time, padding tokens included.
+Per step: pick a batch, replace a `caption_dropout` share of the captions by the empty prompt (the
+same network then also learns the unconditional model that classifier-free guidance needs), draw
+t ~ U{0..T-1} and eps ~ N(0, I), noise the latents to x_t, and regress the UNet's output on eps
+(or on v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho 2022) with a mean squared error.
+At the end the EMA UNet is assembled with the frozen parts into `<out>/model`, a diffusers folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..clip import CLIPTextModel
+from ..config import CLIPTextConfig, SchedulerConfig, SDConfig, UNetConfig, VAEConfig
+from ..model import StableDiffusion
+from ..pipeline import last_images, txt2img
+from ..schedules import alphas_cumprod, q_sample
+from ..tokenizer import CLIPTokenizer
+from ..unet import UNet2DConditionModel
+from ..vae import AutoencoderKL
+from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, shapes_tensors, shard
+from .grid import save_grid
+
+PREVIEW_PROMPTS = (
+    "a red circle above a blue square",
+    "a large yellow triangle on a black background",
+    "a small green square to the left of a pink circle",
+    "a purple circle",
+    "a cyan triangle below a large orange square on a white background",
+    "a blue square to the right of a small red triangle",
+    "a large pink circle on a black background",
+    "a green triangle",
+)
+
+
+def _unet() -> UNetConfig:
+    # Sized for the 2-core CPU: ~7M parameters, about 10 ms per guided step at 8x8 latents there.
+    return UNetConfig(
+        sample_size=8,
+        block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=1,
+        cross_attention_dim=128,
+        num_heads=None,
+        head_dim=32,
+    )
+
+
+def _scheduler() -> SchedulerConfig:
+    # DDPM's linear schedule: alpha_bar at T is 4e-5 (SD's scaled_linear leaves 5e-3 of the signal,
+    # enough at 8x8 for the mean colour to leak through the "pure noise" a sampler starts from).
+    return SchedulerConfig(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+
+
+@dataclasses.dataclass
+class UNetRecipe:
+    model: UNetConfig = dataclasses.field(default_factory=_unet)
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=_scheduler)
+    vae: str = "runs/vae_shapes"  # a `train vae` run folder (its last EMA) or a diffusers folder
+    clip: str = "runs/clip_shapes"  # a `train clip` run folder (its text tower) or a diffusers folder
+    caption_dropout: float = 0.1
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    batch_size: int = 64
+    log_every: int = 50
+    ckpt_every: int = 500
+    out: str = "runs/unet"
+
+
+# --- the frozen parts --------------------------------------------------------------------------------
+
+
+def _run_or_folder(path: str, what: str, command: str):
+    """(checkpoint recipe, EMA weights) of a training run, or the StableDiffusion in a diffusers folder."""
+    folder = Path(path)
+    if (folder / "model_index.json").exists():
+        from ..weights import load
+
+        return load(folder)
+    checkpoint = load_last_checkpoint(folder)
+    if checkpoint is None:
+        raise RecipeError(f"{path}: no trained {what} there (make one with: {command})")
+    return checkpoint["recipe"], checkpoint["ema"]
+
+
+def frozen_vae(path: str) -> AutoencoderKL:
+    found = _run_or_folder(path, "VAE", "latentdiff train vae --recipe recipes/vae_shapes.toml")
+    if isinstance(found, StableDiffusion):
+        return found.vae.eval().requires_grad_(False)
+    recipe, ema = found
+    vae = AutoencoderKL(VAEConfig(**recipe["model"]))
+    vae.load_state_dict(ema)
+    return vae.eval().requires_grad_(False)
+
+
+def frozen_text_encoder(path: str) -> CLIPTextModel:
+    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml")
+    if isinstance(found, StableDiffusion):
+        return found.text_encoder.eval().requires_grad_(False)
+    recipe, ema = found
+    text = CLIPTextModel(CLIPTextConfig(**recipe["text"]))
+    text.load_state_dict({k.removeprefix("text_model."): v for k, v in ema.items() if k.startswith("text_model.")})
+    return text.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_pool(vae, text_encoder, images: torch.Tensor, captions: list[str], chunk: int = 256):
+    """The latent posterior (mean, std) of every image and the text states of every caption."""
+    tokenizer = CLIPTokenizer.default()
+    means, stds, states = [], [], []
+    for start in range(0, len(images), chunk):
+        posterior = vae.encode(images[start : start + chunk])
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+        states.append(text_encoder.encode(tokenizer(captions[start : start + chunk]).input_ids))
+    empty = text_encoder.encode(tokenizer([""]).input_ids)
+    return torch.cat(means), torch.cat(stds), torch.cat(states), empty
+
+
+def latent_scale(means: torch.Tensor, stds: torch.Tensor) -> float:
+    """1 / std of the latents the diffusion sees (SD measured 0.18215 for its VAE the same way)."""
+    samples = means + stds * torch.randn(means.shape, generator=torch.Generator().manual_seed(0))
+    return float(1 / samples.std())
+
+
+def assemble(recipe: UNetRecipe, unet_state: dict, vae, text_encoder, scale: float) -> StableDiffusion:
+    """The frozen VAE and text tower with a trained UNet: one StableDiffusion, ready to sample or save."""
+    config = SDConfig(
+        text=text_encoder.config,
+        vae=dataclasses.replace(vae.config, scaling_factor=scale),
+        unet=recipe.model,
+        scheduler=recipe.scheduler,
+    )
+    model = StableDiffusion(config)
+    model.text_encoder.load_state_dict(text_encoder.state_dict())
+    model.vae.load_state_dict(vae.state_dict())
+    model.unet.load_state_dict(unet_state)
+    return model.eval()
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def denoising_loss(net, x0: torch.Tensor, context: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:  # fmt: skip
+    """MSE between the UNet's output at x_t = q_sample(x0, t, eps) and what it should predict there."""
+    x_t = q_sample(x0, t, eps, alpha_bar)
+    if prediction_type == "epsilon":
+        target = eps
+    elif prediction_type == "v_prediction":
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        target = a.sqrt() * eps - (1 - a).sqrt() * x0
+    else:
+        target = x0
+    return F.mse_loss(net(x_t, t, context), target)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs before its first step: the UNet, the loss, the frozen parts, the caches."""
+
+    model: UNet2DConditionModel
+    loss_fn: object  # loss_fn(net, rank, world), as common.fit calls it
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    scale: float
+
+
+def setup(recipe: UNetRecipe) -> Setup:
+    torch.manual_seed(recipe.data.seed)
+    dev = device()
+    text_encoder = frozen_text_encoder(recipe.clip)
+    if recipe.model.cross_attention_dim != text_encoder.config.hidden_size:
+        raise RecipeError(
+            f"model.cross_attention_dim {recipe.model.cross_attention_dim} must equal the text tower's width "
+            f"{text_encoder.config.hidden_size} ({recipe.clip})"
+        )
+    vae = frozen_vae(recipe.vae)
+    if recipe.model.in_channels != vae.config.latent_channels:
+        raise RecipeError(f"model.in_channels {recipe.model.in_channels} != the VAE's {vae.config.latent_channels}")
+    images, captions = shapes_tensors(recipe.data)
+    means, stds, states, empty = encode_pool(vae, text_encoder, images, captions)
+    scale = latent_scale(means, stds)
+    means, stds, states, empty = (t.to(dev) for t in (means, stds, states, empty))
+    alpha_bar = alphas_cumprod(recipe.scheduler).float().to(dev)
+    T = recipe.scheduler.num_train_timesteps
+    model = UNet2DConditionModel(recipe.model).to(dev)
+
+    def loss_fn(net, rank: int, world: int) -> torch.Tensor:
+        B = recipe.batch_size  # every random number is drawn for the global batch, then sharded
+        idx, t = torch.randint(len(means), (B,)), torch.randint(T, (B,))
+        drop = torch.rand(B) < recipe.caption_dropout
+        eps, latent_noise = torch.randn(B, *means.shape[1:]), torch.randn(B, *means.shape[1:])
+        idx, t, drop, eps, latent_noise = (shard(x, rank, world).to(dev) for x in (idx, t, drop, eps, latent_noise))
+        x0 = (means[idx] + stds[idx] * latent_noise) * scale
+        context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
+        return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+
+    return Setup(model, loss_fn, vae.to(dev), text_encoder.to(dev), scale)
+
+
+def train(recipe: UNetRecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
+    run = setup(recipe)
+
+    def preview(step: int, ema_state: dict) -> None:  # the EMA model on fixed prompts and seeds
+        sd = assemble(recipe, ema_state, run.vae, run.text_encoder, run.scale).to(device())
+        images = last_images(txt2img(sd, list(PREVIEW_PROMPTS), steps=20, guidance_scale=4.0, seed=0))
+        save_grid(images * 2 - 1, Path(recipe.out) / "samples" / f"step-{step:08d}.png", columns=len(PREVIEW_PROMPTS))
+
+    result = fit(run.model, run.loss_fn, recipe, resume, stop_at, quiet, on_checkpoint=preview)
+    result["sd"] = assemble(recipe, result["ema"].shadow, run.vae, run.text_encoder, run.scale)
+    result["raw_sd"] = assemble(recipe, run.model.state_dict(), run.vae, run.text_encoder, run.scale)
+    return result

@@ -1,0 +1,114 @@
+"""The UNet trainer: it learns (overfits a tiny pool), resumes exactly, and 2-process DDP equals 1 process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentdiff.config import UNetConfig
+from latentdiff.model import StableDiffusion
+from latentdiff.train import unet
+from latentdiff.train.common import DataConfig, OptimConfig, RecipeError, shapes_tensors
+from latentdiff.weights import save
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory) -> Path:
+    """A diffusers folder whose VAE (2x down) and 32-wide text tower stand in for trained ones."""
+    folder = tmp_path_factory.mktemp("frozen") / "tiny"
+    save(StableDiffusion.from_preset("tiny", seed=0), folder)
+    return folder
+
+
+def _recipe(frozen: Path, out: Path, **optim) -> unet.UNetRecipe:
+    return unet.UNetRecipe(
+        model=UNetConfig(sample_size=8, block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D",) * 2,
+                         up_block_types=("CrossAttnUpBlock2D",) * 2, layers_per_block=1, cross_attention_dim=32,
+                         num_heads=None, head_dim=16, norm_num_groups=8),  # fmt: skip
+        vae=str(frozen),
+        clip=str(frozen),
+        optim=OptimConfig(**{"lr": 2e-3, "warmup_steps": 2, "max_steps": 6, **optim}),
+        data=DataConfig(canvas=16, pool=4, heldout=4),
+        batch_size=4,
+        log_every=2,
+        ckpt_every=3,
+        out=str(out),
+    )
+
+
+def _fixed_loss(result: dict, recipe: unet.UNetRecipe) -> float:
+    """The denoising loss on the pool with fixed timesteps and noise (the training loss is a random draw)."""
+    sd = result["raw_sd"]
+    images, captions = shapes_tensors(recipe.data)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x0 = sd.vae.encode(images).mean * sd.config.vae.scaling_factor
+        t = torch.randint(1000, (len(x0),), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        alpha_bar = unet.alphas_cumprod(recipe.scheduler).float()
+        return unet.denoising_loss(sd.unet, x0, sd.encode_prompt(captions), t, eps, alpha_bar, "epsilon").item()
+
+
+def test_unet_loop_overfits_a_tiny_pool(frozen, tmp_path):
+    recipe = _recipe(frozen, tmp_path / "a", max_steps=120, warmup_steps=10)
+    start = unet.train(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, max_steps=1),
+                                           out=str(tmp_path / "b")), quiet=True)  # fmt: skip
+    done = unet.train(recipe, quiet=True)
+    assert _fixed_loss(done, recipe) < 0.5 * _fixed_loss(start, recipe)
+    assert (tmp_path / "a" / "samples" / "step-00000120.png").exists()  # the preview grid
+    assert (tmp_path / "a" / "loss.png").exists()
+
+
+def test_unet_resume_continues_exactly(frozen, tmp_path):
+    straight = unet.train(_recipe(frozen, tmp_path / "straight"), quiet=True)
+    unet.train(_recipe(frozen, tmp_path / "resumed"), stop_at=3, quiet=True)
+    resumed = unet.train(_recipe(frozen, tmp_path / "resumed"), resume=True, quiet=True)
+    assert resumed["loss"] == straight["loss"]
+    for key, value in straight["model"].state_dict().items():
+        assert torch.equal(resumed["model"].state_dict()[key], value), key
+
+
+def test_unet_refuses_parts_that_do_not_fit(frozen, tmp_path):
+    recipe = _recipe(frozen, tmp_path / "x")
+    with pytest.raises(RecipeError, match="cross_attention_dim 64 must equal the text tower's width 32"):
+        unet.setup(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, cross_attention_dim=64)))
+    with pytest.raises(RecipeError, match=r"no trained VAE there \(make one with: latentdiff train vae"):
+        unet.setup(dataclasses.replace(recipe, vae=str(tmp_path / "nothing")))
+
+
+_GRADIENT = """
+import sys, torch
+from latentdiff.train import unet
+from latentdiff.train.common import init_distributed
+recipe = unet.UNetRecipe(**{k: v for k, v in torch.load(sys.argv[1], weights_only=False).items()})
+run = unet.setup(recipe)
+rank, world = init_distributed()
+seen = []
+run.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+net = torch.nn.parallel.DistributedDataParallel(run.model) if world > 1 else run.model
+run.loss_fn(net, rank, world).backward()
+if rank == 0:
+    torch.save({"seen": seen, **{k: p.grad for k, p in run.model.named_parameters()}}, sys.argv[2])
+"""
+
+
+def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path):
+    recipe = _recipe(frozen, tmp_path / "ddp")
+    torch.save({f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, tmp_path / "recipe.pt")
+    script = tmp_path / "gradient.py"
+    script.write_text(_GRADIENT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, script, tmp_path / "recipe.pt", one], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    subprocess.run([*torchrun, script, tmp_path / "recipe.pt", two], check=True, env=env, capture_output=True)
+    one, two = torch.load(one), torch.load(two)
+    assert one.pop("seen") == [4] and two.pop("seen") == [2]  # each process ran half of the global batch
+    for key, grad in one.items():
+        torch.testing.assert_close(two[key], grad, rtol=1e-4, atol=1e-6, msg=key)
