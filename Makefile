@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test builtin clean
 
 # torch is installed first and pinned: the 2.13.0 CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -22,6 +22,15 @@ test: setup
 	$(BIN)/ruff check latentdiff tests benchmarks
 	$(BIN)/ruff format --check latentdiff tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# Retrain the built-in model from scratch (README "Training"): each run resumes if interrupted.
+# About 2 h on a 2-core CPU; the ship step writes models/shapes-64 (float16, shards <= 16 MiB).
+builtin: setup
+	$(BIN)/latentdiff train vae --recipe recipes/vae_shapes.toml --resume
+	$(BIN)/latentdiff train clip --recipe recipes/clip_shapes.toml --resume
+	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes.toml --resume
+	$(BIN)/latentdiff convert runs/unet_shapes/model models/shapes-64 --to diffusers --half --max-shard-mb 16
+	$(BIN)/latentdiff evaluate --model models/shapes-64 --grid out/evaluate.png
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -56,7 +56,7 @@ def _fixed_loss(result: dict, recipe: unet.UNetRecipe) -> float:
 
 
 def test_unet_loop_overfits_a_tiny_pool(frozen, tmp_path):
-    recipe = _recipe(frozen, tmp_path / "a", max_steps=120, warmup_steps=10)
+    recipe = dataclasses.replace(_recipe(frozen, tmp_path / "a", max_steps=120, warmup_steps=10), ckpt_every=120)
     start = unet.train(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, max_steps=1),
                                            out=str(tmp_path / "b")), quiet=True)  # fmt: skip
     done = unet.train(recipe, quiet=True)

@@ -70,8 +70,12 @@ def _scheduler() -> SchedulerConfig:
 class UNetRecipe:
     model: UNetConfig = dataclasses.field(default_factory=_unet)
     scheduler: SchedulerConfig = dataclasses.field(default_factory=_scheduler)
-    vae: str = "runs/vae_shapes"  # a `train vae` run folder (its last EMA) or a diffusers folder
+    vae: str = "runs/vae_shapes"  # a `train vae` run folder or a diffusers folder
     clip: str = "runs/clip_shapes"  # a `train clip` run folder (its text tower) or a diffusers folder
+    # Which weights of a run folder: "ema" or "raw". A short run's EMA still leans on its random
+    # init (0.999 ** 1000 = 0.37), so there the last raw weights can be the better ones.
+    vae_weights: str = "ema"
+    clip_weights: str = "ema"
     caption_dropout: float = 0.1
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -84,8 +88,10 @@ class UNetRecipe:
 # --- the frozen parts --------------------------------------------------------------------------------
 
 
-def _run_or_folder(path: str, what: str, command: str):
-    """(checkpoint recipe, EMA weights) of a training run, or the StableDiffusion in a diffusers folder."""
+def _run_or_folder(path: str, what: str, command: str, weights: str = "ema"):
+    """(checkpoint recipe, weights) of a training run, or the StableDiffusion in a diffusers folder."""
+    if weights not in ("ema", "raw"):
+        raise RecipeError(f"{what} weights must be ema or raw, got {weights!r}")
     folder = Path(path)
     if (folder / "model_index.json").exists():
         from ..weights import load
@@ -94,11 +100,11 @@ def _run_or_folder(path: str, what: str, command: str):
     checkpoint = load_last_checkpoint(folder)
     if checkpoint is None:
         raise RecipeError(f"{path}: no trained {what} there (make one with: {command})")
-    return checkpoint["recipe"], checkpoint["ema"]
+    return checkpoint["recipe"], checkpoint["ema" if weights == "ema" else "model"]
 
 
-def frozen_vae(path: str) -> AutoencoderKL:
-    found = _run_or_folder(path, "VAE", "latentdiff train vae --recipe recipes/vae_shapes.toml")
+def frozen_vae(path: str, weights: str = "ema") -> AutoencoderKL:
+    found = _run_or_folder(path, "VAE", "latentdiff train vae --recipe recipes/vae_shapes.toml", weights)
     if isinstance(found, StableDiffusion):
         return found.vae.eval().requires_grad_(False)
     recipe, ema = found
@@ -107,8 +113,8 @@ def frozen_vae(path: str) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
-def frozen_text_encoder(path: str) -> CLIPTextModel:
-    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml")
+def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
+    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml", weights)
     if isinstance(found, StableDiffusion):
         return found.text_encoder.eval().requires_grad_(False)
     recipe, ema = found
@@ -183,13 +189,13 @@ class Setup:
 def setup(recipe: UNetRecipe) -> Setup:
     torch.manual_seed(recipe.data.seed)
     dev = device()
-    text_encoder = frozen_text_encoder(recipe.clip)
+    text_encoder = frozen_text_encoder(recipe.clip, recipe.clip_weights)
     if recipe.model.cross_attention_dim != text_encoder.config.hidden_size:
         raise RecipeError(
             f"model.cross_attention_dim {recipe.model.cross_attention_dim} must equal the text tower's width "
             f"{text_encoder.config.hidden_size} ({recipe.clip})"
         )
-    vae = frozen_vae(recipe.vae)
+    vae = frozen_vae(recipe.vae, recipe.vae_weights)
     if recipe.model.in_channels != vae.config.latent_channels:
         raise RecipeError(f"model.in_channels {recipe.model.in_channels} != the VAE's {vae.config.latent_channels}")
     images, captions = shapes_tensors(recipe.data)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import VAEConfig
 from ..vae import AutoencoderKL
-from .common import DataConfig, OptimConfig, device, fit, shapes_tensors, shard
+from .common import DataConfig, OptimConfig, RecipeError, device, fit, shapes_tensors, shard
 from .grid import save_grid
 
 
@@ -29,6 +29,7 @@ class VAERecipe:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     batch_size: int = 32
     kl_weight: float = 1e-6
+    recon_loss: str = "l1"  # "l1" (SD's) or "l2" (squared error: what PSNR measures)
     log_every: int = 50
     ckpt_every: int = 500
     out: str = "runs/vae"
@@ -42,6 +43,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
     """Train (or continue) to recipe.optim.max_steps; stop_at ends early (as a kill would)."""
+    if recipe.recon_loss not in ("l1", "l2"):
+        raise RecipeError(f"recon_loss must be l1 or l2, got {recipe.recon_loss!r}")
     torch.manual_seed(recipe.data.seed)
     dev = device()
     model = AutoencoderKL(recipe.model).to(dev)
@@ -52,7 +55,8 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
         x = shard(images[torch.randint(len(images), (recipe.batch_size,))], rank, world).to(dev)
         recon, posterior = net(x, sample=True)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
-        return (recon - x).abs().mean() + recipe.kl_weight * kl
+        error = (recon - x).abs() if recipe.recon_loss == "l1" else (recon - x).pow(2)
+        return error.mean() + recipe.kl_weight * kl
 
     def grid(step: int, ema_state: dict) -> None:  # originals above, EMA reconstructions below
         ema_model = AutoencoderKL(recipe.model).to(dev).eval()
