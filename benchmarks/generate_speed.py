@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=str(ROOT / "models" / "shapes-64"))
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--cfg", type=float, default=2.5)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -32,7 +32,7 @@ class Fidelity:
 
 
 @torch.no_grad()
-def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float = 4.0, sampler: str = "euler",
+def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float = 2.5, sampler: str = "euler",
              seed: int = 0, batch: int = 50) -> Fidelity:  # fmt: skip
     """Generate one image per prompt (seed + i each) and check it against its caption."""
     chunks = []

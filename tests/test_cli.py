@@ -151,7 +151,7 @@ def test_evaluate_reports_fidelity_and_psnr(tiny_folder, tmp_path, capsys):
     args = ["evaluate", "--model", str(tiny_folder), "--prompts", "3", "--steps", "2", "--grid", str(grid)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, CFG 4.0;" in out  # random weights draw no shapes
+    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, CFG 2.5;" in out  # random weights draw no shapes
     assert "VAE held-out PSNR" in out and grid.exists()
 
 

@@ -28,9 +28,17 @@ def frozen(tmp_path_factory) -> Path:
 
 def _recipe(frozen: Path, out: Path, **optim) -> unet.UNetRecipe:
     return unet.UNetRecipe(
-        model=UNetConfig(sample_size=8, block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D",) * 2,
-                         up_block_types=("CrossAttnUpBlock2D",) * 2, layers_per_block=1, cross_attention_dim=32,
-                         num_heads=None, head_dim=16, norm_num_groups=8),  # fmt: skip
+        model=UNetConfig(
+            sample_size=8,
+            block_out_channels=(32, 32),
+            down_block_types=("CrossAttnDownBlock2D",) * 2,
+            up_block_types=("CrossAttnUpBlock2D",) * 2,
+            layers_per_block=1,
+            cross_attention_dim=32,
+            num_heads=None,
+            head_dim=16,
+            norm_num_groups=8,
+        ),  # fmt: skip
         vae=str(frozen),
         clip=str(frozen),
         optim=OptimConfig(**{"lr": 2e-3, "warmup_steps": 2, "max_steps": 6, **optim}),

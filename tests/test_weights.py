@@ -85,6 +85,9 @@ def test_half_precision_sharded_folder_loads_in_diffusers_and_ours(tmp_path):
         assert torch.equal(a, b.half().float()), key  # float16 storage, float32 compute
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "half")
     assert_same_outputs(again, pipe.to(torch.float32))
+    (tmp_path / "half" / "README.md").write_text("model card")
+    weights.save(ours, tmp_path / "half")  # saving over a folder keeps its model card
+    assert (tmp_path / "half" / "README.md").read_text() == "model card"
     with pytest.raises(WeightsError, match="dtype: options of the diffusers layout"):
         weights.save(ours, tmp_path / "x.safetensors", format="single_file", dtype=torch.float16)
 

@@ -105,6 +105,8 @@ def save_diffusers(model: StableDiffusion, folder: str | Path, dtype: torch.dtyp
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700, made what mkdir() gives
     try:
         _write_folder(model, tmp, dtype, max_shard_bytes)
+        if (folder / "README.md").exists():  # the model card is its author's: carried over, not lost
+            shutil.copy2(folder / "README.md", tmp / "README.md")
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
