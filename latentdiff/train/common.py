@@ -237,7 +237,9 @@ def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tenso
 
 
 def device() -> torch.device:
-    """CUDA when present (each DDP rank on its own GPU), else the CPU."""
+    """CUDA when present (each DDP rank on its own GPU), else the CPU.
+
+    The one place a trainer's device is chosen: each trainer calls it once and passes it down."""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -290,7 +292,8 @@ def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: 
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        ema.shadow = {k: v.to(model.state_dict()[k].device) for k, v in checkpoint["ema"].items()}
+        on = next(model.parameters()).device
+        ema.shadow = {k: v.to(on) for k, v in checkpoint["ema"].items()}
         step = checkpoint["step"]
         set_rng_state(checkpoint["rng"])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

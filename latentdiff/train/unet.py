@@ -184,6 +184,7 @@ class Setup:
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     scale: float
+    device: torch.device
 
 
 def setup(recipe: UNetRecipe) -> Setup:
@@ -216,14 +217,14 @@ def setup(recipe: UNetRecipe) -> Setup:
         context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
         return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
 
-    return Setup(model, loss_fn, vae.to(dev), text_encoder.to(dev), scale)
+    return Setup(model, loss_fn, vae.to(dev), text_encoder.to(dev), scale, dev)
 
 
 def train(recipe: UNetRecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
     run = setup(recipe)
 
     def preview(step: int, ema_state: dict) -> None:  # the EMA model on fixed prompts and seeds
-        sd = assemble(recipe, ema_state, run.vae, run.text_encoder, run.scale).to(device())
+        sd = assemble(recipe, ema_state, run.vae, run.text_encoder, run.scale).to(run.device)
         images = last_images(txt2img(sd, list(PREVIEW_PROMPTS), steps=20, guidance_scale=4.0, seed=0))
         save_grid(images * 2 - 1, Path(recipe.out) / "samples" / f"step-{step:08d}.png", columns=len(PREVIEW_PROMPTS))
 
