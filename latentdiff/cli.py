@@ -184,6 +184,8 @@ def cmd_train(args) -> None:
     # Both: early in a run the EMA is still mostly the initial weights (0.999 ** 150 = 0.86).
     for name in ("model", "ema_model"):
         score = report.format(module.evaluate(result[name], recipe.data))
+        if args.component == "vae" and recipe.data.emoji_repeats:
+            score += f", emoji {module.evaluate(result[name], recipe.data, 'emoji'):.2f} dB"
         print(f"step {result['step']}: {score} ({'EMA' if name == 'ema_model' else 'raw'})")
 
 
@@ -195,31 +197,54 @@ def _train_unet(recipe, resume: bool) -> None:
     result = unet.train(recipe, resume=resume)
     folder = Path(recipe.out) / "model"
     save(result["sd"], folder)  # the EMA UNet with the frozen VAE and text tower: a diffusers folder
+    clip = unet.trained_clip(recipe.clip, recipe.clip_weights)
+    if clip is not None:  # and the rest of that CLIP, so the model can score its own images
+        from .weights.clip_folder import save_clip
+
+        save_clip(clip, folder)
     score = fidelity(result["sd"], shapes_prompts(100)).score
     print(f"step {result['step']}: shapes fidelity {score:.1%} on 100 fresh prompts (EMA, 20 euler steps, CFG 2.5)")
     print(f"wrote {folder} (generate with: latentdiff generate --model {folder} --prompt ...)")
 
 
 def cmd_evaluate(args) -> None:
-    """The built-in model's bars, measured: shapes fidelity on fresh prompts and the VAE's PSNR."""
-    from .evaluate import fidelity, shapes_prompts
+    """The built-in model's bars, measured: shapes fidelity, emoji name ranking, the VAE's PSNR."""
+    from .data.sources import DataMissingError
+    from .evaluate import emoji_bar, fidelity, shapes_prompts
     from .train.common import DataConfig
     from .train.grid import save_grid
     from .train.vae import evaluate as vae_psnr
     from .weights import load
+    from .weights.clip_folder import has_clip, load_clip
 
     model = load(_model_path(args))
+    sampling = dict(steps=args.steps, guidance_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
+    setting = f"{args.steps} {args.sampler} steps, CFG {args.cfg_scale}"
     start = time.perf_counter()
-    result = fidelity(model, shapes_prompts(args.prompts), steps=args.steps, guidance_scale=args.cfg_scale,
-                      sampler=args.sampler, seed=args.seed)  # fmt: skip
+    result = fidelity(model, shapes_prompts(args.prompts), **sampling)
     seconds = time.perf_counter() - start
-    print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {args.steps} "
-          f"{args.sampler} steps, CFG {args.cfg_scale}; {seconds / len(result.held):.3f} s/image)")  # fmt: skip
-    psnr = vae_psnr(model.vae, DataConfig(heldout=args.prompts))
-    print(f"VAE held-out PSNR {psnr:.2f} dB (shapes, {args.prompts} scenes)")
+    print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
+          f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
+    data = DataConfig(heldout=args.prompts)
+    print(f"VAE held-out PSNR {vae_psnr(model.vae, data):.2f} dB (shapes, {args.prompts} scenes)")
     if args.grid:
         save_grid(result.images[:64] * 2 - 1, Path(args.grid))
         print(f"wrote {args.grid} (the first 64 images)")
+    try:
+        print(f"VAE held-out PSNR {vae_psnr(model.vae, data, 'emoji'):.2f} dB (emoji never trained on)")
+        if not has_clip(_model_path(args)):
+            print("emoji name ranking: skipped (the model folder carries no CLIP image_encoder/)")
+            return
+        emoji = emoji_bar(model, load_clip(_model_path(args)), **sampling)
+    except DataMissingError as e:
+        print(f"emoji: skipped ({e})")
+        return
+    print(f"emoji: CLIP ranks the prompted name in its top 5 for {emoji.train_top5:.1%} of training emoji and "
+          f"{emoji.heldout_top5:.1%} of held-out emoji ({setting})")  # fmt: skip
+    if args.grid:
+        emoji_grid = Path(args.grid).with_name(Path(args.grid).stem + "-emoji.png")
+        save_grid(emoji.images[:64] * 2 - 1, emoji_grid)
+        print(f"wrote {emoji_grid} (64 generated training emoji)")
 
 
 def cmd_data(args) -> None:
@@ -239,6 +264,10 @@ def cmd_convert(args) -> None:
     if args.max_shard_mb is not None:
         options["max_shard_bytes"] = int(args.max_shard_mb * 2**20)
     save(model, args.dst, format=args.to, **options)
+    from .weights.clip_folder import has_clip, load_clip, save_clip
+
+    if args.to == "diffusers" and has_clip(args.src):  # the model's own CLIP travels with it
+        save_clip(load_clip(args.src), args.dst, dtype=options.get("dtype"))
     print(f"wrote {args.dst} ({args.to})")
 
 

@@ -44,3 +44,57 @@ def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float =
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     held = [caption_holds(p, c) for p, c in zip(pixels, prompts, strict=True)]
     return Fidelity(sum(held) / len(held), held, prompts, images)
+
+
+def emoji_name_prompts(names: list[str]) -> list[str]:
+    """The base caption of each name ("an emoji of a grinning face"): what the name ranking scores."""
+    from .data.emoji import BASE_TEMPLATE, _article
+
+    return [BASE_TEMPLATE.format(a=_article(n), name=n) for n in names]
+
+
+@torch.no_grad()
+def emoji_top5(clip, images: torch.Tensor, names: list[str], all_names: list[str]) -> float:
+    """How often CLIP ranks an image's own emoji name in its top 5 among `all_names`.
+
+    images: (N, 3, H, W) in [-1, 1], names[i] the name image i shows (or was prompted with)."""
+    from .zero_shot import class_vectors, image_vectors, top_k_accuracy
+
+    labels = sorted(set(all_names))
+    vectors = class_vectors(clip, emoji_name_prompts(labels), templates=("{}",))
+    scores = (image_vectors(clip, images) @ vectors.T).cpu()
+    truth = torch.tensor([labels.index(n) for n in names])
+    return top_k_accuracy(scores, truth, k=5)
+
+
+@dataclasses.dataclass
+class EmojiScore:
+    train_top5: float  # generated from training emoji names
+    heldout_top5: float  # generated from names the model never trained on
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]: the training ones, then the held-out ones
+
+
+@torch.no_grad()
+def emoji_bar(model, clip, n: int = 190, steps: int = 20, guidance_scale: float = 2.5, sampler: str = "euler",
+              seed: int = 0, batch: int = 50) -> EmojiScore:  # fmt: skip
+    """Generate each emoji from its base caption; how often does `clip` rank its name in the top 5?
+
+    Up to n held-out emoji and n training emoji (an evenly spaced pick, fixed) are generated."""
+    from .data.emoji import load_emoji, split
+
+    emoji = load_emoji(model.config.vae.sample_size)
+    train_idx, heldout_idx = split(emoji)
+    picks = [train_idx[np.linspace(0, len(train_idx) - 1, min(n, len(train_idx))).round().astype(int)], heldout_idx[:n]]
+    scores, images = [], []
+    for idx in picks:
+        names = [emoji.names[i] for i in idx]
+        prompts = emoji_name_prompts(names)
+        chunks = []
+        for start in range(0, len(prompts), batch):
+            states = txt2img(model, prompts[start : start + batch], steps=steps, guidance_scale=guidance_scale,
+                             sampler=sampler, seed=seed + start)  # fmt: skip
+            chunks.append(last_images(states).float().cpu())
+        generated = torch.cat(chunks)
+        scores.append(emoji_top5(clip, generated * 2 - 1, names, emoji.names))
+        images.append(generated)
+    return EmojiScore(scores[0], scores[1], torch.cat(images))

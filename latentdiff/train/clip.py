@@ -11,13 +11,14 @@ CLIPTextModel that conditions the UNet, so its per-token states can be used ther
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
 from ..clip import CLIPModel, contrastive_loss
 from ..config import CLIPTextConfig, CLIPVisionConfig
 from ..tokenizer import CLIPTokenizer
-from .common import DataConfig, OptimConfig, device, fit, shapes_tensors, shard
+from .common import DataConfig, Metrics, OptimConfig, device, fit, pool_tensors, shapes_tensors, shard
 
 
 def _text() -> CLIPTextConfig:
@@ -53,7 +54,7 @@ def train(recipe: CLIPRecipe, resume: bool = False, stop_at: int | None = None, 
     torch.manual_seed(recipe.data.seed)
     dev = device()
     model = build(recipe).to(dev)
-    images, captions = shapes_tensors(recipe.data)
+    images, captions = pool_tensors(recipe.data)
     ids = CLIPTokenizer.default()(captions).input_ids  # (N, 77); shapes captions never need truncating
 
     def loss_fn(net, rank: int, world: int) -> torch.Tensor:
@@ -62,7 +63,17 @@ def train(recipe: CLIPRecipe, resume: bool = False, stop_at: int | None = None, 
         batch = shard(torch.randint(len(images), (recipe.batch_size,)), rank, world)
         return contrastive_loss(net(ids[batch].to(dev), images[batch].to(dev)))
 
-    result = fit(model, loss_fn, recipe, resume, stop_at, quiet)
+    def report(step: int, ema_state: dict) -> None:  # zero-shot accuracy of the raw and EMA weights
+        ema_model = build(recipe).to(dev)
+        ema_model.load_state_dict(ema_state)
+        scores = {f"{k}_raw": v for k, v in zero_shot_report(model, recipe.data).items()}
+        scores |= {f"{k}_ema": v for k, v in zero_shot_report(ema_model, recipe.data).items()}
+        model.train()
+        Metrics(Path(recipe.out) / "zero_shot.jsonl").log(step, **scores)
+        if not quiet:
+            print(f"step {step}: zero-shot " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()), flush=True)
+
+    result = fit(model, loss_fn, recipe, resume, stop_at, quiet, on_checkpoint=report)
     result["ema_model"] = build(recipe).to(dev)
     result["ema_model"].load_state_dict(result["ema"].shadow)
     return result
@@ -79,3 +90,35 @@ def evaluate(model: CLIPModel, data: DataConfig) -> float:
     text = model.encode_text(CLIPTokenizer.default()(unique).input_ids.to(dev))
     picks = (model.encode_image(images.to(dev)) @ text.T).argmax(dim=1)
     return sum(unique[p] == c for p, c in zip(picks.tolist(), captions, strict=True)) / len(captions)
+
+
+@torch.no_grad()
+def zero_shot_report(model: CLIPModel, data: DataConfig) -> dict[str, float]:
+    """Zero-shot accuracy on held-out one-object scenes (colour among 8, shape among 3, each label
+    averaged over templates naming the other attribute) and, when the recipe trains on emoji, how
+    often an emoji's own name ranks in the top 5 of all names (training and held-out emoji apart)."""
+    from ..data.emoji import load_emoji, split
+    from ..data.shapes import COLOURS, SHAPES, parse_caption
+    from ..evaluate import emoji_top5
+    from ..zero_shot import classify, top_k_accuracy
+
+    model.eval()
+    images, captions = shapes_tensors(data, heldout=True)
+    parsed = [parse_caption(c) for c in captions]
+    single = [(i, p["objects"][0]) for i, p in enumerate(parsed) if p["relation"] is None]
+    scores = {}
+    if single:
+        x = images[[i for i, _ in single]]
+        colours, shapes = list(COLOURS), list(SHAPES)
+        by_colour = classify(model, x, colours, templates=[f"a {{}} {s}" for s in shapes])
+        by_shape = classify(model, x, shapes, templates=[f"a {c} {{}}" for c in colours])
+        scores["colour"] = top_k_accuracy(by_colour, torch.tensor([colours.index(o[1]) for _, o in single]))
+        scores["shape"] = top_k_accuracy(by_shape, torch.tensor([shapes.index(o[2]) for _, o in single]))
+    if data.emoji_repeats:
+        emoji = load_emoji(data.canvas)
+        train_idx, heldout_idx = split(emoji)
+        some_train = train_idx[:: max(1, len(train_idx) // 256)]  # about as many as are held out
+        for part, idx in (("emoji_train_top5", some_train), ("emoji_heldout_top5", heldout_idx)):
+            pixels = torch.from_numpy(emoji.images[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            scores[part] = emoji_top5(model, pixels, [emoji.names[i] for i in idx], emoji.names)
+    return scores

@@ -43,6 +43,9 @@ class DataConfig:
     pool: int = 20_000
     heldout_seed: int = 987_654_321  # never used for training
     heldout: int = 256
+    # Emoji join the pool when > 0: each training-split emoji (data/emoji.py; the held-out names
+    # never train) appears this many times, each time under a caption drawn from the templates.
+    emoji_repeats: int = 0
 
 
 @dataclasses.dataclass
@@ -227,13 +230,41 @@ class Metrics:
             f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
 
 
+def _as_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) floats in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """The pool (or the held-out set) as (N, 3, H, W) floats in [-1, 1], with the captions."""
+    """The shapes pool (or the held-out set) as (N, 3, H, W) floats in [-1, 1], with the captions."""
     from ..data.shapes import make_dataset
 
     seed, n = (data.heldout_seed, data.heldout) if heldout else (data.seed, data.pool)
     images, captions = make_dataset(seed, n, data.canvas)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, captions
+    return _as_tensor(images), captions
+
+
+def emoji_tensors(data: DataConfig, heldout: bool = False, repeats: int = 1) -> tuple[torch.Tensor, list[str]]:
+    """Training-split emoji, each `repeats` times under seeded varied captions, or the held-out
+    emoji once each under the base caption ("an emoji of a grinning face")."""
+    from ..data import emoji as emoji_data
+
+    emoji = emoji_data.load_emoji(data.canvas)
+    train_idx, heldout_idx = emoji_data.split(emoji)
+    if heldout:
+        return _as_tensor(emoji.images[heldout_idx]), [emoji_data.caption(emoji, i) for i in heldout_idx]
+    rng = np.random.default_rng(data.seed)
+    idx = np.tile(train_idx, repeats)
+    return _as_tensor(emoji.images[idx]), [emoji_data.caption(emoji, i, rng) for i in idx]
+
+
+def pool_tensors(data: DataConfig) -> tuple[torch.Tensor, list[str]]:
+    """What a trainer draws from: the shapes pool, plus `data.emoji_repeats` copies of the training emoji."""
+    images, captions = shapes_tensors(data)
+    if data.emoji_repeats > 0:
+        more, more_captions = emoji_tensors(data, repeats=data.emoji_repeats)
+        images, captions = torch.cat([images, more]), captions + more_captions
+    return images, captions
 
 
 def device() -> torch.device:

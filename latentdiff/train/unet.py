@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..clip import CLIPTextModel
-from ..config import CLIPTextConfig, SchedulerConfig, SDConfig, UNetConfig, VAEConfig
+from ..clip import CLIPModel, CLIPTextModel
+from ..config import CLIPTextConfig, CLIPVisionConfig, SchedulerConfig, SDConfig, UNetConfig, VAEConfig
 from ..model import StableDiffusion
 from ..pipeline import last_images, txt2img
 from ..schedules import alphas_cumprod, q_sample
 from ..tokenizer import CLIPTokenizer
 from ..unet import UNet2DConditionModel
 from ..vae import AutoencoderKL
-from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, shapes_tensors, shard
+from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, pool_tensors, shard
 from .grid import save_grid
 
 PREVIEW_PROMPTS = (
@@ -123,6 +123,19 @@ def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
     return text.eval().requires_grad_(False)
 
 
+def trained_clip(path: str, weights: str = "ema") -> CLIPModel | None:
+    """The whole CLIP of a `train clip` run, or of a diffusers folder that carries one (else None)."""
+    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml", weights)
+    if isinstance(found, StableDiffusion):
+        from ..weights.clip_folder import has_clip, load_clip
+
+        return load_clip(path) if has_clip(path) else None
+    recipe, sd = found
+    clip = CLIPModel(CLIPTextConfig(**recipe["text"]), CLIPVisionConfig(**recipe["vision"]), recipe["projection_dim"])
+    clip.load_state_dict(sd)
+    return clip.eval()
+
+
 @torch.no_grad()
 def encode_pool(vae, text_encoder, images: torch.Tensor, captions: list[str], chunk: int = 256):
     """The latent posterior (mean, std) of every image and the text states of every caption."""
@@ -199,7 +212,7 @@ def setup(recipe: UNetRecipe) -> Setup:
     vae = frozen_vae(recipe.vae, recipe.vae_weights)
     if recipe.model.in_channels != vae.config.latent_channels:
         raise RecipeError(f"model.in_channels {recipe.model.in_channels} != the VAE's {vae.config.latent_channels}")
-    images, captions = shapes_tensors(recipe.data)
+    images, captions = pool_tensors(recipe.data)
     means, stds, states, empty = encode_pool(vae, text_encoder, images, captions)
     scale = latent_scale(means, stds)
     means, stds, states, empty = (t.to(dev) for t in (means, stds, states, empty))

@@ -18,7 +18,17 @@ import torch
 
 from ..config import VAEConfig
 from ..vae import AutoencoderKL
-from .common import DataConfig, OptimConfig, RecipeError, device, fit, shapes_tensors, shard
+from .common import (
+    DataConfig,
+    OptimConfig,
+    RecipeError,
+    device,
+    emoji_tensors,
+    fit,
+    pool_tensors,
+    shapes_tensors,
+    shard,
+)
 from .grid import save_grid
 
 
@@ -30,6 +40,7 @@ class VAERecipe:
     batch_size: int = 32
     kl_weight: float = 1e-6
     recon_loss: str = "l1"  # "l1" (SD's) or "l2" (squared error: what PSNR measures)
+    init_from: str = ""  # a `train vae` run folder or diffusers folder whose VAE starts this run
     log_every: int = 50
     ckpt_every: int = 500
     out: str = "runs/vae"
@@ -47,9 +58,15 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
         raise RecipeError(f"recon_loss must be l1 or l2, got {recipe.recon_loss!r}")
     torch.manual_seed(recipe.data.seed)
     dev = device()
-    model = AutoencoderKL(recipe.model).to(dev)
-    images, _ = shapes_tensors(recipe.data)
-    fixed = images[:8]  # the reconstructions shown in the run's sample grids
+    model = AutoencoderKL(recipe.model)
+    if recipe.init_from:
+        from .unet import frozen_vae  # the loader the UNet trainer uses for its frozen VAE
+
+        model.load_state_dict(frozen_vae(recipe.init_from).state_dict())
+    model = model.to(dev)
+    images, _ = pool_tensors(recipe.data)
+    # The reconstructions shown in the run's sample grids: the first shapes, and the first emoji.
+    fixed = images[[0, 1, 2, 3, -1, -2, -3, -4]] if recipe.data.emoji_repeats else images[:8]
 
     def loss_fn(net, rank: int, world: int) -> torch.Tensor:
         x = shard(images[torch.randint(len(images), (recipe.batch_size,))], rank, world).to(dev)
@@ -72,9 +89,9 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
 
 
 @torch.no_grad()
-def evaluate(model: AutoencoderKL, data: DataConfig) -> float:
-    """Mean PSNR (dB) of reconstructions (posterior mean) on held-out scenes."""
-    x, _ = shapes_tensors(data, heldout=True)
+def evaluate(model: AutoencoderKL, data: DataConfig, domain: str = "shapes") -> float:
+    """Mean PSNR (dB) of reconstructions (posterior mean) on held-out shapes scenes or emoji."""
+    x, _ = shapes_tensors(data, heldout=True) if domain == "shapes" else emoji_tensors(data, heldout=True)
     model.eval()
     dev = next(model.parameters()).device
     scores = [psnr(model(chunk.to(dev))[0].cpu(), chunk) for chunk in x.split(64)]
