@@ -155,3 +155,26 @@ def test_the_model_folder_carries_its_clip(tmp_path):
     with torch.no_grad():
         ours = clip.visual_projection(clip.vision_model(pixels)[1])
         torch.testing.assert_close(theirs(pixel_values=pixels).image_embeds, ours, atol=1e-5, rtol=0)
+
+
+def test_evaluate_reports_the_emoji_bar_with_the_folder_clip(monkeypatch, tmp_path, capsys):
+    from latentdiff.cli import main
+    from latentdiff.model import StableDiffusion
+    from latentdiff.weights import save
+    from latentdiff.weights.clip_folder import save_clip
+
+    monkeypatch.setattr(emoji_data, "load_emoji", lambda size=64, **_: _synthetic_emoji(size))
+    model = StableDiffusion.from_preset("tiny")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=64, patch_size=16)  # fmt: skip
+    clip = CLIPModel(model.config.text, vision, 24)
+    clip.text_model.load_state_dict(model.text_encoder.state_dict())
+    save(model, tmp_path / "m")
+    args = ["evaluate", "--model", str(tmp_path / "m"), "--prompts", "2", "--steps", "2"]
+    assert main(args) == 0
+    assert "emoji name ranking: skipped (the model folder carries no CLIP" in capsys.readouterr().out
+    save_clip(clip, tmp_path / "m")
+    assert main(args + ["--grid", str(tmp_path / "grid.png")]) == 0
+    out = capsys.readouterr().out
+    assert "VAE held-out PSNR" in out and "(emoji never trained on)" in out
+    assert "emoji: CLIP ranks the prompted name in its top 5 for" in out and (tmp_path / "grid-emoji.png").exists()

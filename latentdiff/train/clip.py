@@ -1,6 +1,6 @@
 """Train CLIP on the shapes world, top to bottom: the contrastive objective of Radford et al. 2021.
 
-    latentdiff train clip --recipe recipes/clip_shapes.toml [--set optim.max_steps=2000] [--resume]
+    latentdiff train clip --recipe recipes/clip_builtin.toml [--set optim.max_steps=2000] [--resume]
 
 Per step: embed a batch of N images and their N captions, take the N x N matrix of scaled cosine
 similarities, and apply cross-entropy along both axes so each image picks its caption and each

@@ -1,6 +1,6 @@
 """Train the latent diffusion UNet, top to bottom (Rombach et al. 2022, section 3.3).
 
-    latentdiff train unet --recipe recipes/unet_shapes.toml [--set optim.max_steps=2000] [--resume]
+    latentdiff train unet --recipe recipes/unet_builtin.toml [--set optim.max_steps=2000] [--resume]
 
 The VAE and the CLIP text tower come from finished `train vae` / `train clip` runs (or any
 diffusers folder) and stay frozen. Both are run once over the whole pool before training:
@@ -104,7 +104,7 @@ def _run_or_folder(path: str, what: str, command: str, weights: str = "ema"):
 
 
 def frozen_vae(path: str, weights: str = "ema") -> AutoencoderKL:
-    found = _run_or_folder(path, "VAE", "latentdiff train vae --recipe recipes/vae_shapes.toml", weights)
+    found = _run_or_folder(path, "VAE", "latentdiff train vae --recipe recipes/vae_builtin.toml", weights)
     if isinstance(found, StableDiffusion):
         return found.vae.eval().requires_grad_(False)
     recipe, ema = found
@@ -114,7 +114,7 @@ def frozen_vae(path: str, weights: str = "ema") -> AutoencoderKL:
 
 
 def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
-    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml", weights)
+    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_builtin.toml", weights)
     if isinstance(found, StableDiffusion):
         return found.text_encoder.eval().requires_grad_(False)
     recipe, ema = found
@@ -125,7 +125,7 @@ def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
 
 def trained_clip(path: str, weights: str = "ema") -> CLIPModel | None:
     """The whole CLIP of a `train clip` run, or of a diffusers folder that carries one (else None)."""
-    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_shapes.toml", weights)
+    found = _run_or_folder(path, "CLIP", "latentdiff train clip --recipe recipes/clip_builtin.toml", weights)
     if isinstance(found, StableDiffusion):
         from ..weights.clip_folder import has_clip, load_clip
 

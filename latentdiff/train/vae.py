@@ -1,10 +1,11 @@
-"""Train the KL autoencoder on the shapes world, top to bottom.
+"""Train the KL autoencoder on shapes scenes (and emoji, with data.emoji_repeats), top to bottom.
 
-    latentdiff train vae --recipe recipes/vae_shapes.toml [--set optim.max_steps=2000] [--resume]
+    latentdiff train vae --recipe recipes/vae_builtin.toml [--set optim.max_steps=2000] [--resume]
 
-Loss: L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) per latent element (Kingma & Welling
-2014; SD's VAE uses a tiny KL weight so the latent keeps detail and only has to stay near unit scale).
-No pretrained perceptual network exists offline, so there is no LPIPS term.
+Loss: L1 or L2 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) per latent element (Kingma &
+Welling 2014; SD's VAE uses a tiny KL weight so the latent keeps detail and only has to stay near
+unit scale). No pretrained perceptual network exists offline, so there is no LPIPS term.
+`init_from` starts from another run's (or a diffusers folder's) VAE instead of random weights.
 """
 
 from __future__ import annotations
