@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--tokenizer", default=None, help="a tokenizer/ folder (default: SD 1.x's CLIP vocabulary)")
     p.set_defaults(func=cmd_tokenize)
+
+    from .cli_clip import add_parsers as add_clip_parsers
+
+    add_clip_parsers(sub)  # classify, score
     return parser
 
 

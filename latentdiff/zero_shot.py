@@ -7,8 +7,10 @@ vector, and an image's class probabilities are the softmax of its scaled cosines
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .clip import CLIPModel
 from .tokenizer import CLIPTokenizer
@@ -17,11 +19,15 @@ DEFAULT_TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}",
 
 
 @torch.no_grad()
-def class_vectors(model: CLIPModel, labels: list[str], templates=DEFAULT_TEMPLATES, chunk: int = 256) -> torch.Tensor:
+def class_vectors(model: CLIPModel, labels: list[str], templates=DEFAULT_TEMPLATES, chunk: int = 256,
+                  tokenizer: CLIPTokenizer | None = None) -> torch.Tensor:  # fmt: skip
     """(L, E) unit vectors: each label's template embeddings, averaged and re-normalised."""
     if not labels:
         raise ValueError("zero-shot classification needs at least one label")
-    tokenizer = CLIPTokenizer.default()
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"a prompt template needs exactly one {{}} where the label goes: {bad[0]!r}")
+    tokenizer = tokenizer or CLIPTokenizer.default()
     prompts = [t.format(label) for label in labels for t in templates]
     dev = next(model.parameters()).device
     ids = tokenizer(prompts).input_ids
@@ -38,10 +44,39 @@ def image_vectors(model: CLIPModel, images: torch.Tensor, chunk: int = 256) -> t
 
 
 @torch.no_grad()
-def classify(model: CLIPModel, images: torch.Tensor, labels: list[str], templates=DEFAULT_TEMPLATES) -> torch.Tensor:
+def classify(model: CLIPModel, images: torch.Tensor, labels: list[str], templates=DEFAULT_TEMPLATES,
+             tokenizer: CLIPTokenizer | None = None) -> torch.Tensor:  # fmt: skip
     """(N, L) probabilities over the labels for each image."""
-    logits = model.logit_scale.exp() * image_vectors(model, images) @ class_vectors(model, labels, templates).T
+    classes = class_vectors(model, labels, templates, tokenizer=tokenizer)
+    logits = model.logit_scale.exp() * image_vectors(model, images) @ classes.T
     return logits.softmax(dim=-1).cpu()
+
+
+@torch.no_grad()
+def clip_score(model: CLIPModel, images: torch.Tensor, prompts: list[str],
+               tokenizer: CLIPTokenizer | None = None) -> torch.Tensor:  # fmt: skip
+    """(N,) CLIP score of each image with its prompt: 100 * max(cosine, 0), as torchmetrics' CLIPScore
+    (Hessel et al. 2021 use 2.5 * max(cosine, 0); the ranking is the same)."""
+    tokenizer = tokenizer or CLIPTokenizer.default()
+    dev = next(model.parameters()).device
+    text = model.encode_text(tokenizer(prompts).input_ids.to(dev))
+    return (100 * (image_vectors(model, images) * text).sum(-1).clamp(min=0)).cpu()
+
+
+def preprocess(images: list[Image.Image], norm) -> torch.Tensor:
+    """PIL images -> (N, 3, S, S): the shorter side resized to S (bicubic), centre-cropped, normalised
+    per `norm` (a weights.clip_folder.ImageNorm: size, mean, std), as CLIP's image processor does."""
+    out = []
+    for image in images:
+        image = image.convert("RGB")
+        scale = norm.size / min(image.size)
+        w, h = max(norm.size, round(image.width * scale)), max(norm.size, round(image.height * scale))
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - norm.size) // 2, (h - norm.size) // 2
+        image = image.crop((left, top, left + norm.size, top + norm.size))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        out.append((x - torch.tensor(norm.mean).view(3, 1, 1)) / torch.tensor(norm.std).view(3, 1, 1))
+    return torch.stack(out)
 
 
 def top_k_accuracy(scores: torch.Tensor, truth: torch.Tensor, k: int = 1) -> float:

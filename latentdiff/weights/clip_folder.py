@@ -1,4 +1,6 @@
-"""A whole CLIP inside a diffusers folder: the text tower is `text_encoder/`, the rest `image_encoder/`.
+"""Loading a whole CLIP, and keeping one inside a diffusers folder.
+
+A diffusers folder's text tower is `text_encoder/`; the rest of its CLIP goes to `image_encoder/`.
 
 The UNet only needs CLIP's text tower, but the model's own CLIP also scores its images (the emoji
 bar, `latentdiff score`, zero-shot classification). Writing a second full CLIPModel would store the
@@ -8,7 +10,10 @@ text tower twice, so the image side goes into diffusers' standard optional compo
 image_encoder/config.json        CLIPVisionModelWithProjection (transformers reads it as is)
 image_encoder/model.safetensors  vision_model.*, visual_projection.weight
 image_encoder/clip_head.safetensors  text_projection.weight, logit_scale (ours; transformers ignores it)
+image_encoder/preprocessor_config.json  input size and normalisation (our CLIPs read pixels in [-1, 1])
 ```
+`open_clip_source` also reads a transformers CLIPModel folder (e.g. openai/clip-vit-base-patch32) and
+a `latentdiff train clip` run folder.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 
 from ..clip import CLIPModel
 from ..config import CLIPVisionConfig
+from ..tokenizer import CLIPTokenizer
+from . import diffusers_config as dc
 from .diffusers_folder import _component_weights, _read_json, read_config
 from .errors import WeightsError
 from .io import load_into, read_state_dict, write_json, write_state_dict
@@ -51,6 +58,12 @@ def save_clip(clip: CLIPModel, folder: str | Path, dtype: torch.dtype | None = N
     write_state_dict(image_side, out / "model.safetensors", {"format": "pt"})
     write_state_dict({k: sd[k] for k in _HEAD_KEYS}, out / "clip_head.safetensors", {"format": "pt"})
     write_json(config, out / "config.json")
+    # [-1, 1] pixels, in the terms CLIPImageProcessor uses: (x - 0.5) / 0.5
+    preprocess = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "do_center_crop": True,
+                  "size": {"shortest_edge": vision.image_size},
+                  "crop_size": {"height": vision.image_size, "width": vision.image_size},
+                  "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # fmt: skip
+    write_json(preprocess, out / "preprocessor_config.json")
     index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
     write_json(index, folder / "model_index.json")
 
@@ -70,3 +83,72 @@ def load_clip(folder: str | Path) -> CLIPModel:
     sd |= {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_sd.items()}
     load_into(clip, sd, str(folder))
     return clip.eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNorm:
+    """How a CLIP wants its pixels: a square of `size`, then (x - mean) / std per channel, x in [0, 1]."""
+
+    size: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_file(cls, path: Path, size: int) -> ImageNorm:
+        if not path.is_file():
+            return cls(size)
+        cfg = _read_json(path)
+        crop = cfg.get("crop_size", size)
+        side = crop.get("height", size) if isinstance(crop, dict) else int(crop)
+        return cls(side, tuple(cfg.get("image_mean", cls.mean)), tuple(cfg.get("image_std", cls.std)))
+
+
+@dataclasses.dataclass
+class LoadedCLIP:
+    model: CLIPModel
+    tokenizer: CLIPTokenizer
+    norm: ImageNorm
+
+
+def _transformers_clip(folder: Path, allow_pickle: bool) -> LoadedCLIP:
+    cfg = _read_json(folder / "config.json")
+    text_cfg, vision_cfg = cfg.get("text_config") or {}, cfg.get("vision_config") or {}
+    text = dc.text_from_transformers({**text_cfg, "architectures": ["CLIPTextModel"]})
+    vision = CLIPVisionConfig(**{k: vision_cfg[k] for k in CLIPVisionConfig.__dataclass_fields__ if k in vision_cfg})
+    clip = CLIPModel(text, vision, cfg.get("projection_dim", 512))
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            load_into(clip, read_state_dict(folder / name, allow_pickle=allow_pickle)[0], str(folder / name))
+            break
+    else:
+        raise WeightsError(f"{folder}: no model.safetensors (or pytorch_model.bin) beside config.json")
+    tokenizer = CLIPTokenizer.from_folder(folder) if (folder / "vocab.json").is_file() else CLIPTokenizer.default()
+    return LoadedCLIP(
+        clip.eval(), tokenizer, ImageNorm.from_file(folder / "preprocessor_config.json", vision.image_size)
+    )
+
+
+def open_clip_source(path: str | Path, allow_pickle: bool = False) -> LoadedCLIP:
+    """A CLIP with its tokenizer and pixel normalisation, from any of the three kinds of folder."""
+    folder = Path(path)
+    if (folder / "model_index.json").is_file():
+        clip = load_clip(folder)
+        tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir() else None
+        norm = ImageNorm.from_file(
+            folder / "image_encoder" / "preprocessor_config.json", clip.vision_model.config.image_size
+        )
+        return LoadedCLIP(clip, tokenizer or CLIPTokenizer.default(), norm)
+    if (folder / "config.json").is_file():
+        cfg = _read_json(folder / "config.json")
+        if "CLIPModel" not in (cfg.get("architectures") or []) and cfg.get("model_type") != "clip":
+            raise WeightsError(
+                f"{folder / 'config.json'}: not a CLIPModel config (architectures {cfg.get('architectures')})"
+            )
+        return _transformers_clip(folder, allow_pickle)
+    if (folder / "last.txt").is_file():
+        from ..train.unet import trained_clip
+
+        clip = trained_clip(str(folder), "raw")
+        return LoadedCLIP(clip, CLIPTokenizer.default(), ImageNorm(clip.vision_model.config.image_size))
+    raise WeightsError(f"{folder}: not a CLIP (want a diffusers folder with image_encoder/, a transformers CLIPModel "
+                       "folder or a `latentdiff train clip` run folder)")  # fmt: skip
