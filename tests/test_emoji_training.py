@@ -178,3 +178,23 @@ def test_evaluate_reports_the_emoji_bar_with_the_folder_clip(monkeypatch, tmp_pa
     out = capsys.readouterr().out
     assert "VAE held-out PSNR" in out and "(emoji never trained on)" in out
     assert "emoji: CLIP ranks the prompted name in its top 5 for" in out and (tmp_path / "grid-emoji.png").exists()
+
+
+def test_fashion_mnist_pool_captions_from_class_names(monkeypatch):
+    from latentdiff.data import digits
+    from latentdiff.train.clip import zero_shot_report
+    from latentdiff.train.common import RecipeError, fashion_tensors
+
+    labels = np.arange(30) % 10
+    images = np.zeros((30, 28, 28), np.float32)
+    images[:, 10:18, 10:18] = 1.0
+    monkeypatch.setattr(digits, "load_fashion_mnist", lambda split="train", **_: digits.Digits(images, labels))
+    data = DataConfig(source="fashion-mnist", canvas=16, pool=20, heldout=10)
+    x, captions = pool_tensors(data)
+    assert x.shape == (20, 3, 16, 16) and x.min() == -1 and x.max() == 1
+    assert all(digits.FASHION_CLASSES[i] in c for i, c in zip(labels[:20], captions, strict=False))
+    held, _, held_labels = fashion_tensors(data, heldout=True)
+    assert len(held) == 10 and held_labels.tolist() == labels[:10].tolist()
+    assert set(zero_shot_report(_tiny_clip(), data)) == {"fashion"}
+    with pytest.raises(RecipeError, match="data.source must be shapes or fashion-mnist, got 'cifar'"):
+        pool_tensors(dataclasses.replace(data, source="cifar"))

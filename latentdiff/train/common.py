@@ -36,8 +36,14 @@ class RecipeError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    """Training data from the shapes world: a pool generated once from `seed`, and a held-out set."""
+    """Training data: a pool made once from `seed`, and a held-out set.
 
+    source "shapes": the shapes world (generated), plus emoji when emoji_repeats > 0;
+    source "fashion-mnist": Fashion-MNIST's train split (pool = how many) and test split (heldout),
+    captioned from class names (the zero-shot lesson; CLIP only).
+    """
+
+    source: str = "shapes"
     canvas: int = 64
     seed: int = 0
     pool: int = 20_000
@@ -258,8 +264,34 @@ def emoji_tensors(data: DataConfig, heldout: bool = False, repeats: int = 1) -> 
     return _as_tensor(emoji.images[idx]), [emoji_data.caption(emoji, i, rng) for i in idx]
 
 
+# Training captions for Fashion-MNIST. Zero-shot evaluation uses other wordings (zero_shot.DEFAULT_TEMPLATES),
+# so the classifier is built from the text tower's sense of each class name, not from memorised sentences.
+FASHION_TEMPLATES = ("a black and white photo of a {}", "a {}", "a grayscale picture of a {}", "a small {}")
+
+
+def fashion_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Fashion-MNIST train (first data.pool) or test (first data.heldout) images, upscaled to the canvas in
+    [-1, 1] as 3 equal channels, with captions from FASHION_TEMPLATES (seeded) and the class labels."""
+    from ..data.digits import FASHION_CLASSES, load_fashion_mnist
+
+    digits = load_fashion_mnist("test" if heldout else "train")
+    n = data.heldout if heldout else data.pool
+    pixels = torch.from_numpy(digits.images[:n]).unsqueeze(1)
+    pixels = torch.nn.functional.interpolate(pixels, size=data.canvas, mode="bilinear", antialias=True)
+    labels = torch.from_numpy(digits.labels[:n])
+    rng = np.random.default_rng(data.heldout_seed if heldout else data.seed)
+    names = [FASHION_CLASSES[i] for i in labels.tolist()]
+    captions = [FASHION_TEMPLATES[int(rng.integers(len(FASHION_TEMPLATES)))].format(c) for c in names]
+    return (pixels.clamp(0, 1) * 2 - 1).expand(-1, 3, -1, -1).contiguous(), captions, labels
+
+
 def pool_tensors(data: DataConfig) -> tuple[torch.Tensor, list[str]]:
-    """What a trainer draws from: the shapes pool, plus `data.emoji_repeats` copies of the training emoji."""
+    """What a trainer draws from: the shapes pool, plus `data.emoji_repeats` copies of the training emoji
+    (or Fashion-MNIST's training images when data.source says so)."""
+    if data.source == "fashion-mnist":
+        return fashion_tensors(data)[:2]
+    if data.source != "shapes":
+        raise RecipeError(f"data.source must be shapes or fashion-mnist, got {data.source!r}")
     images, captions = shapes_tensors(data)
     if data.emoji_repeats > 0:
         more, more_captions = emoji_tensors(data, repeats=data.emoji_repeats)
