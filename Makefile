@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test builtin clean
+.PHONY: setup demo test builtin clean chromium
 
 # torch is installed first and pinned: the 2.13.0 CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -18,7 +18,16 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/latentdiff demo --out out/demo.png
 
-test: setup
+# tests/test_browser.py drives Debian's chromium with Playwright (no browser download). Installed here
+# when missing and we are root with apt-get; otherwise that test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	      || echo "apt-get install chromium failed: the browser test will be skipped"; \
+	  else echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"; fi; }
+
+test: setup chromium
 	$(BIN)/ruff check latentdiff tests benchmarks
 	$(BIN)/ruff format --check latentdiff tests benchmarks
 	$(BIN)/python -m pytest -q
