@@ -44,12 +44,13 @@ def _load_image(path: str, mode: str = "RGB"):
         raise ValueError(f"{path}: cannot read as an image ({e.__class__.__name__})") from None
 
 
-def _write_images(model, states, args, model_name: str, extra: dict) -> list[Path]:
+def _write_images(model, states, args, model_name: str, strength: float | None = None,
+                  mask: bool = False) -> list[Path]:  # fmt: skip
     """Run the pipeline under a progress bar, then write one PNG per image with its settings."""
     from tqdm import tqdm
 
     from .images import save_png
-    from .metadata import A1111_SAMPLERS, format_parameters
+    from .metadata import image_parameters
     from .pipeline import Step, to_pil
 
     start = time.perf_counter()
@@ -62,13 +63,11 @@ def _write_images(model, states, args, model_name: str, extra: dict) -> list[Pat
                 images = state
     out, paths = Path(args.out), []
     for i, image in enumerate(to_pil(images)):
-        settings = {"Steps": args.steps, "Sampler": A1111_SAMPLERS[args.sampler]}
-        if args.karras:
-            settings["Schedule type"] = "Karras"
-        settings |= {"CFG scale": args.cfg_scale, "Seed": args.seed + i, "Size": f"{image.width}x{image.height}",
-                     "Model": model_name, **extra, "Version": "latentdiff"}  # fmt: skip
+        text = image_parameters(args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
+                                karras=args.karras, cfg_scale=args.cfg_scale, seed=args.seed + i,
+                                size=image.size, model=model_name, strength=strength, mask=mask)  # fmt: skip
         path = out if len(images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
-        save_png(image, path, {"parameters": format_parameters(args.prompt, args.negative_prompt, settings)})
+        save_png(image, path, {"parameters": text})
         paths.append(path)
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.1f} s")
     return paths
@@ -140,7 +139,7 @@ def cmd_generate(args) -> None:
 
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
-    _write_images(model, states, args, _model_path(args).name, {})
+    _write_images(model, states, args, _model_path(args).name)
 
 
 def cmd_img2img(args) -> None:
@@ -150,7 +149,7 @@ def cmd_img2img(args) -> None:
     image = _load_image(args.image)
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = img2img(model, [args.prompt] * args.batch, image, strength=args.strength, **_sampling(args))
-    _write_images(model, states, args, _model_path(args).name, {"Denoising strength": args.strength})
+    _write_images(model, states, args, _model_path(args).name, strength=args.strength)
 
 
 def cmd_inpaint(args) -> None:
@@ -164,7 +163,7 @@ def cmd_inpaint(args) -> None:
         )
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     states = inpaint(model, [args.prompt] * args.batch, image, mask, strength=args.strength, **_sampling(args))
-    _write_images(model, states, args, _model_path(args).name, {"Denoising strength": args.strength, "Mask": "yes"})
+    _write_images(model, states, args, _model_path(args).name, strength=args.strength, mask=True)
 
 
 def cmd_train(args) -> None:

@@ -36,6 +36,22 @@ def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, obj
     return "\n".join(lines)
 
 
+def image_parameters(prompt: str, negative_prompt: str, *, steps: int, sampler: str, karras: bool, cfg_scale: float,
+                     seed: int, size: tuple[int, int], model: str, strength: float | None = None,
+                     mask: bool = False) -> str:  # fmt: skip
+    """The `parameters` text of one generated image, in A1111's order: what the CLI and the server write."""
+    settings: dict[str, object] = {"Steps": steps, "Sampler": A1111_SAMPLERS[sampler]}
+    if karras:
+        settings["Schedule type"] = "Karras"
+    settings |= {"CFG scale": cfg_scale, "Seed": seed, "Size": f"{size[0]}x{size[1]}", "Model": model}
+    if strength is not None:
+        settings["Denoising strength"] = strength
+    if mask:
+        settings["Mask"] = "yes"
+    settings["Version"] = "latentdiff"
+    return format_parameters(prompt, negative_prompt, settings)
+
+
 def parse_parameters(text: str) -> dict[str, str]:
     """The inverse of format_parameters: {"prompt", "negative_prompt", and each setting}."""
     lines = text.strip("\n").split("\n")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps
 
-from ..metadata import A1111_SAMPLERS, format_parameters
+from ..metadata import A1111_SAMPLERS, image_parameters
 from ..model import StableDiffusion
 from ..pipeline import Step, from_pil, img2img, inpaint, to_pil, txt2img
 from .catalogue import ModelEntry
@@ -117,16 +117,10 @@ def _crop_and_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def parameters_text(generation: Generation, seed: int, size: tuple[int, int], model_title: str) -> str:
     """The `parameters` text of one image, exactly as `latentdiff generate/img2img/inpaint` writes it."""
-    settings: dict[str, object] = {"Steps": generation.steps, "Sampler": A1111_SAMPLERS[generation.sampler]}
-    if generation.karras:
-        settings["Schedule type"] = "Karras"
-    settings |= {"CFG scale": generation.cfg_scale, "Seed": seed, "Size": f"{size[0]}x{size[1]}", "Model": model_title}
-    if generation.mode != "txt2img":
-        settings["Denoising strength"] = generation.strength
-    if generation.mode == "inpaint":
-        settings["Mask"] = "yes"
-    settings["Version"] = "latentdiff"
-    return format_parameters(generation.prompt, generation.negative_prompt, settings)
+    g = generation
+    return image_parameters(g.prompt, g.negative_prompt, steps=g.steps, sampler=g.sampler, karras=g.karras,
+                            cfg_scale=g.cfg_scale, seed=seed, size=size, model=model_title,
+                            strength=None if g.mode == "txt2img" else g.strength, mask=g.mode == "inpaint")  # fmt: skip
 
 
 def native_size(model: StableDiffusion) -> int:
