@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_clip import add_parsers as add_clip_parsers
 
     add_clip_parsers(sub)  # classify, score
+    from .lab.cli import add_lab_parser
+
+    add_lab_parser(sub)  # the autoencoder lessons; the lessons themselves import only when run
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)  # HTTP API + web page; FastAPI is imported only when it runs
