@@ -55,15 +55,13 @@ def _labels(args) -> list[str]:
 
 
 def cmd_classify(args) -> None:
-    from .zero_shot import DEFAULT_TEMPLATES, classify, preprocess
+    from .zero_shot import DEFAULT_TEMPLATES, rank_labels
 
     labels, images = _labels(args), _images(args.images)
-    clip = _clip(args)
     templates = tuple(args.template) if args.template else DEFAULT_TEMPLATES
-    probs = classify(clip.model, preprocess(images, clip.norm), labels, templates, tokenizer=clip.tokenizer)
     results = []
-    for path, row in zip(args.images, probs, strict=True):
-        ranked = sorted(zip(labels, row.tolist(), strict=True), key=lambda pair: -pair[1])[: args.top]
+    for path, ranked in zip(args.images, rank_labels(_clip(args), images, labels, templates), strict=True):
+        ranked = ranked[: args.top]
         results.append({"image": path, "labels": [{"label": k, "probability": round(v, 4)} for k, v in ranked]})
         if not args.json:
             print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in ranked))

@@ -1,5 +1,11 @@
 """Zero-shot classification with a CLIP model: score an image against a text for every label.
 
+    from latentdiff.weights.clip_folder import open_clip_source
+    from latentdiff.zero_shot import rank_labels
+    clip = open_clip_source("models/builtin-64")          # or a transformers CLIPModel folder, a run
+    rank_labels(clip, [Image.open("a.png")], ["circle", "square", "triangle"])
+    # one list per image: [(label, probability), ...], the most likely first
+
 As in Radford et al. 2021 (section 3.1.4), each label is written into several prompt templates
 ("a photo of a {}", ...); the template embeddings are averaged and re-normalised into one class
 vector, and an image's class probabilities are the softmax of its scaled cosines with those vectors.
@@ -83,3 +89,11 @@ def top_k_accuracy(scores: torch.Tensor, truth: torch.Tensor, k: int = 1) -> flo
     """Share of rows whose true column is among its k highest scores."""
     k = min(k, scores.shape[1])
     return (scores.topk(k, dim=1).indices == truth.view(-1, 1)).any(dim=1).float().mean().item()
+
+
+def rank_labels(clip, images: list[Image.Image], labels: list[str], templates=DEFAULT_TEMPLATES) -> list[list]:
+    """For each PIL image, [(label, probability), ...] from the most to the least likely.
+
+    clip: a weights.clip_folder.LoadedCLIP (model, tokenizer, pixel normalisation)."""
+    probs = classify(clip.model, preprocess(images, clip.norm), labels, templates, tokenizer=clip.tokenizer)
+    return [sorted(zip(labels, row.tolist(), strict=True), key=lambda pair: -pair[1]) for row in probs]

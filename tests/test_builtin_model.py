@@ -27,8 +27,18 @@ def test_it_draws_prompts_from_a_seed_it_never_saw():
     assert result.score >= 0.2, result.score
 
 
-def test_diffusers_loads_it():
+def test_diffusers_loads_it_with_its_clip_image_encoder():
     from diffusers import StableDiffusionPipeline
+    from transformers import CLIPVisionModelWithProjection
 
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL, safety_checker=None)
-    assert pipe.unet.config.sample_size == 8 and pipe.vae.config.latent_channels == 4
+    assert pipe.unet.config.sample_size == 16 and pipe.vae.config.latent_channels == 4
+    assert isinstance(pipe.image_encoder, CLIPVisionModelWithProjection)
+
+
+def test_it_carries_the_clip_it_was_trained_with():
+    from latentdiff.weights.clip_folder import load_clip
+
+    model, clip = load(BUILTIN_MODEL), load_clip(BUILTIN_MODEL)
+    for key, value in model.text_encoder.state_dict().items():
+        assert (clip.text_model.state_dict()[key] == value.float()).all()
