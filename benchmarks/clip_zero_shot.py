@@ -8,7 +8,7 @@
 - Emoji (held-out names and training ones): the category (zero-shot vs probe) and the name ranked
   among all 1,906 names (recall@1/5), with the built-in model's CLIP.
 
-    .venv/bin/python benchmarks/clip_zero_shot.py [--clip models/builtin-64] [--fashion-clip runs/clip_fashion]
+    .venv/bin/python benchmarks/clip_zero_shot.py [--clip models/shapes-64] [--fashion-clip runs/clip_fashion]
 
 Writes benchmarks/results/clip_zero_shot.json and .md. A CLIP that is absent is skipped with the
 command that makes it.

@@ -2,7 +2,7 @@
 
     from latentdiff.weights.clip_folder import open_clip_source
     from latentdiff.zero_shot import rank_labels
-    clip = open_clip_source("models/builtin-64")          # or a transformers CLIPModel folder, a run
+    clip = open_clip_source("models/shapes-64")           # or a transformers CLIPModel folder, a run
     rank_labels(clip, [Image.open("a.png")], ["circle", "square", "triangle"])
     # one list per image: [(label, probability), ...], the most likely first
 
