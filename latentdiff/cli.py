@@ -187,6 +187,8 @@ def cmd_train(args) -> None:
         score = report.format(module.evaluate(result[name], recipe.data))
         if args.component == "vae" and recipe.data.emoji_repeats:
             score += f", emoji {module.evaluate(result[name], recipe.data, 'emoji'):.2f} dB"
+        if args.component == "vae":
+            score += f"; {module.reconstructions_hold(result[name], recipe.data):.1%} of reconstructions hold"
         print(f"step {result['step']}: {score} ({'EMA' if name == 'ema_model' else 'raw'})")
 
 
@@ -215,6 +217,7 @@ def cmd_evaluate(args) -> None:
     from .train.common import DataConfig
     from .train.grid import save_grid
     from .train.vae import evaluate as vae_psnr
+    from .train.vae import reconstructions_hold
     from .weights import load
     from .weights.clip_folder import has_clip, load_clip
 
@@ -227,7 +230,8 @@ def cmd_evaluate(args) -> None:
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
     data = DataConfig(heldout=args.prompts)
-    print(f"VAE held-out PSNR {vae_psnr(model.vae, data):.2f} dB (shapes, {args.prompts} scenes)")
+    print(f"VAE held-out PSNR {vae_psnr(model.vae, data):.2f} dB (shapes, {args.prompts} scenes); "
+          f"{reconstructions_hold(model.vae, data):.1%} of its reconstructions hold their caption")  # fmt: skip
     if args.grid:
         save_grid(result.images[:64] * 2 - 1, Path(args.grid))
         print(f"wrote {args.grid} (the first 64 images)")
