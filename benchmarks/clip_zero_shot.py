@@ -111,7 +111,7 @@ def shapes(clip, tokenizer) -> dict:
 def emoji(clip, tokenizer) -> dict:
     from latentdiff.data import emoji as emoji_data
     from latentdiff.evaluate import emoji_name_prompts
-    from latentdiff.train.common import _as_tensor
+    from latentdiff.train.common import image_tensor
     from latentdiff.zero_shot import class_vectors, classify, image_vectors, top_k_accuracy
 
     e = emoji_data.load_emoji(clip.vision_model.config.image_size)
@@ -120,10 +120,10 @@ def emoji(clip, tokenizer) -> dict:
     names = sorted(set(e.names))
     name_vecs = class_vectors(clip, emoji_name_prompts(names), templates=("{}",), tokenizer=tokenizer)
     result = {}
-    train_x = _as_tensor(e.images[train_idx])
+    train_x = image_tensor(e.images[train_idx])
     train_y = torch.tensor([categories.index(e.categories[i].lower()) for i in train_idx])
     for part, idx in (("held-out emoji", heldout_idx), ("training emoji", train_idx)):
-        x = _as_tensor(e.images[idx])
+        x = image_tensor(e.images[idx])
         y = torch.tensor([categories.index(e.categories[i].lower()) for i in idx])
         templates = ("an emoji of something, from {}", "{} emoji")
         zero_shot = top_k_accuracy(classify(clip, x, categories, templates, tokenizer=tokenizer), y)

@@ -221,7 +221,8 @@ def cmd_evaluate(args) -> None:
     from .weights import load
     from .weights.clip_folder import has_clip, load_clip
 
-    model = load(_model_path(args))
+    folder = _model_path(args)
+    model = load(folder)
     sampling = dict(steps=args.steps, guidance_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
     setting = f"{args.steps} {args.sampler} steps, CFG {args.cfg_scale}"
     start = time.perf_counter()
@@ -237,10 +238,10 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {args.grid} (the first 64 images)")
     try:
         print(f"VAE held-out PSNR {vae_psnr(model.vae, data, 'emoji'):.2f} dB (emoji never trained on)")
-        if not has_clip(_model_path(args)):
+        if not has_clip(folder):
             print("emoji name ranking: skipped (the model folder carries no CLIP image_encoder/)")
             return
-        emoji = emoji_bar(model, load_clip(_model_path(args)), **sampling)
+        emoji = emoji_bar(model, load_clip(folder), **sampling)
     except DataMissingError as e:
         print(f"emoji: skipped ({e})")
         return

@@ -18,7 +18,18 @@ import torch
 from ..clip import CLIPModel, contrastive_loss
 from ..config import CLIPTextConfig, CLIPVisionConfig
 from ..tokenizer import CLIPTokenizer
-from .common import DataConfig, Metrics, OptimConfig, device, fashion_tensors, fit, pool_tensors, shapes_tensors, shard
+from .common import (
+    DataConfig,
+    Metrics,
+    OptimConfig,
+    device,
+    fashion_tensors,
+    fit,
+    image_tensor,
+    pool_tensors,
+    shapes_tensors,
+    shard,
+)
 
 
 def _text() -> CLIPTextConfig:
@@ -127,6 +138,7 @@ def zero_shot_report(model: CLIPModel, data: DataConfig) -> dict[str, float]:
         train_idx, heldout_idx = split(emoji)
         some_train = train_idx[:: max(1, len(train_idx) // 256)]  # about as many as are held out
         for part, idx in (("emoji_train_top5", some_train), ("emoji_heldout_top5", heldout_idx)):
-            pixels = torch.from_numpy(emoji.images[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            scores[part] = emoji_top5(model, pixels, [emoji.names[i] for i in idx], emoji.names)
+            scores[part] = emoji_top5(
+                model, image_tensor(emoji.images[idx]), [emoji.names[i] for i in idx], emoji.names
+            )
     return scores

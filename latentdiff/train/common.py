@@ -236,7 +236,7 @@ class Metrics:
             f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in values.items()}}) + "\n")
 
 
-def _as_tensor(images: np.ndarray) -> torch.Tensor:
+def image_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) floats in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -247,7 +247,7 @@ def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tenso
 
     seed, n = (data.heldout_seed, data.heldout) if heldout else (data.seed, data.pool)
     images, captions = make_dataset(seed, n, data.canvas)
-    return _as_tensor(images), captions
+    return image_tensor(images), captions
 
 
 def emoji_tensors(data: DataConfig, heldout: bool = False, repeats: int = 1) -> tuple[torch.Tensor, list[str]]:
@@ -258,10 +258,10 @@ def emoji_tensors(data: DataConfig, heldout: bool = False, repeats: int = 1) -> 
     emoji = emoji_data.load_emoji(data.canvas)
     train_idx, heldout_idx = emoji_data.split(emoji)
     if heldout:
-        return _as_tensor(emoji.images[heldout_idx]), [emoji_data.caption(emoji, i) for i in heldout_idx]
+        return image_tensor(emoji.images[heldout_idx]), [emoji_data.caption(emoji, i) for i in heldout_idx]
     rng = np.random.default_rng(data.seed)
     idx = np.tile(train_idx, repeats)
-    return _as_tensor(emoji.images[idx]), [emoji_data.caption(emoji, i, rng) for i in idx]
+    return image_tensor(emoji.images[idx]), [emoji_data.caption(emoji, i, rng) for i in idx]
 
 
 # Training captions for Fashion-MNIST. Zero-shot evaluation uses other wordings (zero_shot.DEFAULT_TEMPLATES),
