@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)  # HTTP API + web page; FastAPI is imported only when it runs
+    from .explain.cli import add_explain_parser
+
+    add_explain_parser(sub)  # denoising trajectory, attention maps, guidance, forward diffusion
     return parser
 
 

@@ -41,10 +41,18 @@ def _check(model: StableDiffusion, steps: int, sampler: str, height: int | None,
     return height // f, width // f
 
 
-def _schedule(model: StableDiffusion, steps: int, sampler: str, sigmas: str) -> Schedule:
+def sampling_schedule(model: StableDiffusion, steps: int, sampler: str, sigmas: str = "default") -> Schedule:
+    """The noise levels a pipeline walks for this sampler and step count."""
     # "leading" spacing with offset 1 is how SD 1.x/2.x ship: 981, 961, ..., 1 for 50 of 1000 steps.
     final = _FINAL_SIGMA.get(sampler, "zero")
     return make_schedule(model.config.scheduler, steps, "leading", offset=1, sigmas=sigmas, final=final)
+
+
+def initial_noise(model: StableDiffusion, n: int, h: int, w: int, seed: int):
+    """txt2img's starting noise (n, C, h, w) at latent size h x w, and the generators it continues with."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    shape = (n, model.config.unet.out_channels, h, w)
+    return noise_like(torch.empty(shape, dtype=model.dtype), generators).to(model.device), generators
 
 
 def _prompts(prompt: str | list[str], batch: int | None) -> list[str]:
@@ -72,10 +80,8 @@ def txt2img(
     """Text -> images. `batch` repeats a single prompt; a list of prompts is one image each."""
     h, w = _check(model, steps, sampler, height, width)
     prompts = _prompts(prompt, batch)
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    schedule = _schedule(model, steps, sampler, sigmas)
-    shape = (len(prompts), model.config.unet.out_channels, h, w)
-    noise = noise_like(torch.empty(shape, dtype=model.dtype), generators).to(model.device)
+    schedule = sampling_schedule(model, steps, sampler, sigmas)
+    noise, generators = initial_noise(model, len(prompts), h, w, seed)
     x = noise * (1 + schedule.sigmas[0] ** 2).sqrt().to(model.dtype)
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators)
 
@@ -125,7 +131,7 @@ def img2img(
     """
     prompts, image = _image_batch(model, prompt, image, steps, sampler, strength)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    tail = _strength_tail(_schedule(model, steps, sampler, sigmas), steps, strength)
+    tail = _strength_tail(sampling_schedule(model, steps, sampler, sigmas), steps, strength)
     x0 = _encode(model, image * 2 - 1, generators)
     x = x0 + noise_like(x0, generators) * tail[0].to(model.dtype) if len(tail) > 1 else x0
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators)
@@ -161,7 +167,7 @@ def inpaint(
         raise ValueError(f"a UNet with {unet_channels} input channels is neither plain nor an inpainting UNet")
     mask = (mask >= 0.5).to(model.device, model.dtype).expand(len(prompts), -1, -1, -1)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    tail = _strength_tail(_schedule(model, steps, sampler, sigmas), steps, strength)
+    tail = _strength_tail(sampling_schedule(model, steps, sampler, sigmas), steps, strength)
     blend = unet_channels == latent_channels
     # Draw from each image's generator in diffusers' order: image posterior (when used), the initial
     # noise, the masked image's posterior; seeds then give the same images in both.
@@ -236,4 +242,15 @@ def from_pil(image: Image.Image, mode: str = "RGB") -> torch.Tensor:
     return torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1)[None]
 
 
-__all__ = ["SAMPLERS", "Step", "from_pil", "img2img", "inpaint", "last_images", "to_pil", "txt2img"]
+__all__ = [
+    "SAMPLERS",
+    "Step",
+    "from_pil",
+    "img2img",
+    "initial_noise",
+    "inpaint",
+    "last_images",
+    "sampling_schedule",
+    "to_pil",
+    "txt2img",
+]

@@ -208,6 +208,12 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
 
 def parse_image(image: np.ndarray) -> tuple[str, list[Region]]:
     """Background name and the objects found, per SHAPES.md's checking rules."""
+    background, found = parse_objects(image)
+    return background, [region for region, _ in found]
+
+
+def parse_objects(image: np.ndarray) -> tuple[str, list[tuple[Region, np.ndarray]]]:
+    """parse_image, with each object's pixel mask (H, W) bool beside its Region."""
     canvas = image.shape[0]
     scale = canvas / 64
     pixels = image.astype(np.float32)
@@ -232,7 +238,9 @@ def parse_image(image: np.ndarray) -> tuple[str, list[Region]]:
         shape = min(FILL, key=lambda s: abs(FILL[s] - fill))
         size = "small" if side < (SIZES["small"][1] + SIZES["large"][0]) / 2 * scale else "large"
         cy, cx = (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
-        regions.append(Region(colour, shape, size, float(cx), float(cy), side, len(cells)))
+        mask = np.zeros(distance.shape, dtype=bool)
+        mask[rows, cols] = True
+        regions.append((Region(colour, shape, size, float(cx), float(cy), side, len(cells)), mask))
     return background, regions
 
 

@@ -5,5 +5,5 @@
     latentdiff lab denoising-ae    # denoising autoencoders, Gaussian and masking noise, PSNR per level
 
 Each lesson file reads top to bottom like a notebook: data (data.py), models and their training
-loop (models.py), PCA (pca.py), measures (metrics.py), figures (plots.py).
+loop (models.py), PCA (pca.py), measures (metrics.py), figures (plots.py, over latentdiff/figures.py).
 """

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .. import figures
 from ..train.common import device
 from . import plots
 from .data import LabData, one_per_class
@@ -69,14 +70,14 @@ def ae_vs_pca(
     # 4. The figure: both maps of the held-out codes, then what each brings back of one image per class.
     titles = {name: f"{label}: MSE {results[name]['test_mse']:.4f}, {KNN_K}-NN {results[name]['knn_accuracy']:.1%}"
               for name, label in (("pca", "PCA to 2-D"), ("autoencoder", "autoencoder to 2-D"))}  # fmt: skip
-    maps = plots.beside(*(plots.scatter(codes[name][1], data.test_labels, titles[name]) for name in titles),
+    maps = figures.beside(*(plots.scatter(codes[name][1], data.test_labels, titles[name]) for name in titles),
                         plots.legend(data.classes))  # fmt: skip
     shown = one_per_class(data.test_labels)
     rows = plots.image_rows([("held out", data.test[shown]),
                              ("PCA, 2 numbers", reconstructions["pca"][shown]),
                              ("autoencoder, 2", reconstructions["autoencoder"][shown])])  # fmt: skip
     heading = f"{data.name}: held-out codes (asinh axes) and reconstructions, {len(data.train):,} training images"
-    figure = plots.above(plots.caption(heading, maps.width), maps, rows)
+    figure = figures.above(figures.caption(heading, maps.width), maps, rows)
 
     metrics = {"lesson": "ae-vs-pca", "knn_k": KNN_K, **results}
     metrics |= run_facts(data, epochs, seed, time.perf_counter() - start, dev)

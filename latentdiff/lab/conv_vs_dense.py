@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import figures
 from ..train.common import device
 from . import plots
 from .data import LabData, one_per_class
@@ -57,7 +58,7 @@ def conv_vs_dense(data: LabData, out: Path, epochs: int = EPOCHS, seed: int = 0,
 
     heading = f"{data.name}: held-out reconstructions at equal code size (PCA, dense, conv), {epochs} epochs"
     table = plots.image_rows(rows)
-    figure = plots.above(plots.caption(heading, table.width), table)
+    figure = figures.above(figures.caption(heading, table.width), table)
     metrics = {"lesson": "conv-vs-dense", "code_sizes": results}
     metrics |= run_facts(data, epochs, seed, time.perf_counter() - start, dev)
     write_lesson(out, f"conv-vs-dense-{data.name}", figure, metrics)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import figures
 from ..train.common import device
 from . import plots
 from .data import LabData, one_per_class
@@ -88,7 +89,7 @@ def denoising_ae(
 
     heading = f"{data.name}: held-out images, damaged, then through the denoising autoencoder"
     table = plots.image_rows(rows)
-    figure = plots.above(plots.caption(heading, table.width), table)
+    figure = figures.above(figures.caption(heading, table.width), table)
     metrics = {"lesson": "denoising-ae", "code_size": CODE_SIZE, "parameters": parameter_count(model), **results}
     metrics |= run_facts(data, epochs, seed, time.perf_counter() - start, dev)
     write_lesson(out, f"denoising-ae-{data.name}", figure, metrics)

@@ -1,18 +1,14 @@
-"""The lessons' figures, drawn with PIL alone.
+"""The lessons' own figures (scatter plots of codes, rows of 28x28 digits), drawn with PIL.
 
-Scatter plots and labelled image rows are a few dozen lines of PIL, which the project already
-depends on; matplotlib would be one more install for three figures.
+The general pieces (beside, above, caption, the palette and font) live in latentdiff/figures.py.
 """
 
 from __future__ import annotations
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-# Tableau 10 (matplotlib's default cycle): ten hues that stay apart, one per class.
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
-FONT = ImageFont.load_default(size=13)  # Pillow's bundled scalable font (Pillow >= 10.1)
-LINE = 16  # pixels per line of text
+from ..figures import FONT, LINE, PALETTE
 
 
 def scatter(codes: torch.Tensor, labels: torch.Tensor, title: str, size: int = 360) -> Image.Image:
@@ -65,32 +61,3 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], scale: int = 2, pad: int = 
             picture = Image.fromarray(image).resize((tile, tile), Image.Resampling.NEAREST)
             canvas.paste(picture, (label_width + pad + c * (tile + pad), top))
     return canvas
-
-
-def beside(*images: Image.Image, gap: int = 8) -> Image.Image:
-    """Images left to right, tops aligned, on white."""
-    canvas = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)),
-                       "white")  # fmt: skip
-    left = 0
-    for image in images:
-        canvas.paste(image, (left, 0))
-        left += image.width + gap
-    return canvas
-
-
-def above(*images: Image.Image, gap: int = 8) -> Image.Image:
-    """Images top to bottom, left edges aligned, on white."""
-    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1)),
-                       "white")  # fmt: skip
-    top = 0
-    for image in images:
-        canvas.paste(image, (0, top))
-        top += image.height + gap
-    return canvas
-
-
-def caption(text: str, width: int) -> Image.Image:
-    """A line of text as an image strip, to title a figure."""
-    strip = Image.new("RGB", (width, LINE + 4), "white")
-    ImageDraw.Draw(strip).text((4, 2), text, fill="black", font=FONT)
-    return strip
