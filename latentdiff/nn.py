@@ -36,6 +36,15 @@ class Attention(nn.Module):
         # A ModuleList only so the key is `to_out.0`, as in every SD checkpoint (index 1 was dropout).
         self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim)])
 
+    def probabilities(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) in fp32, (B, h, N, T): what SDPA weighs the values by, which it never
+        returns. For the explainer's maps and the grounding loss; forward does not use it."""
+        B, N, D = x.shape
+        context = x if context is None else context
+        q = self.to_q(x).float().view(B, N, self.heads, -1).transpose(1, 2)  # (B, h, N, d)
+        k = self.to_k(context).float().view(B, context.shape[1], self.heads, -1).transpose(1, 2)  # (B, h, T, d)
+        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         context = x if context is None else context

@@ -97,6 +97,42 @@ class Transformer2DModel(nn.Module):
         return x + h
 
 
+class CrossAttentionMaps:
+    """Calls `on_map(probs, (H, W))` for every cross-attention the UNet runs while inside the block.
+
+        with CrossAttentionMaps(unet, lambda probs, hw: maps.append((probs, hw))):
+            unet(x_t, t, context)
+
+    probs: (B, N, T) attention over the text tokens at each of the N = H*W positions, averaged over
+    heads (Attention.probabilities). Forward hooks read each layer's inputs, so the UNet's own
+    computation, and its output, are untouched. Gradients flow when the caller allows them.
+    """
+
+    def __init__(self, unet: nn.Module, on_map):
+        self.unet, self.on_map = unet, on_map
+        self._handles: list = []
+        self._shape: tuple[int, int] | None = None
+
+    def __enter__(self) -> CrossAttentionMaps:
+        for module in self.unet.modules():
+            if isinstance(module, Transformer2DModel):
+                self._handles.append(module.register_forward_pre_hook(self._remember_shape))
+            if isinstance(module, BasicTransformerBlock):
+                self._handles.append(module.attn2.register_forward_hook(self._call))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _remember_shape(self, module, args) -> None:
+        self._shape = tuple(args[0].shape[2:])  # the feature map (B, C, H, W) entering the transformer
+
+    def _call(self, attn, args, output) -> None:
+        self.on_map(attn.probabilities(args[0], args[1]).mean(dim=1), self._shape)  # (B, N, T)
+
+
 class UNetLevel(nn.Module):
     """One resolution level of the down or up path: (ResBlock [+ Transformer]) x n, then resample.
 

@@ -148,22 +148,32 @@ def _signed_distance(obj: Obj, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.maximum(bottom, slant)
 
 
-def render(scene: Scene, canvas: int = 64) -> np.ndarray:
-    """(canvas, canvas, 3) uint8: objects composited over the background with 1-pixel anti-aliasing."""
+def coverage(obj: Obj, canvas: int = 64) -> np.ndarray:
+    """(canvas, canvas) float32 in [0, 1]: how much of each pixel the object covers (1-pixel anti-aliasing)."""
     y, x = np.mgrid[0:canvas, 0:canvas] + 0.5
+    return np.clip(0.5 - _signed_distance(obj, x, y), 0.0, 1.0).astype(np.float32)
+
+
+def render(scene: Scene, canvas: int = 64) -> np.ndarray:
+    """(canvas, canvas, 3) uint8: objects composited over the background, in order."""
     image = np.empty((canvas, canvas, 3), dtype=np.float32)
     image[:] = BACKGROUNDS[scene.background]
     for obj in scene.objects:
-        coverage = np.clip(0.5 - _signed_distance(obj, x, y), 0.0, 1.0)[..., None]
-        image = image * (1 - coverage) + np.array(COLOURS[obj.colour], dtype=np.float32) * coverage
+        cover = coverage(obj, canvas)[..., None]
+        image = image * (1 - cover) + np.array(COLOURS[obj.colour], dtype=np.float32) * cover
     return np.round(image).astype(np.uint8)
+
+
+def scenes(seed: int, n: int, canvas: int = 64) -> list[Scene]:
+    """The n scenes of one seed, in order: make_dataset's, with their objects."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, canvas) for _ in range(n)]
 
 
 def make_dataset(seed: int, n: int, canvas: int = 64) -> tuple[np.ndarray, list[str]]:
     """n images (n, canvas, canvas, 3) uint8 and their captions, all from one seed."""
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, canvas) for _ in range(n)]
-    return np.stack([render(s, canvas) for s in scenes]), [s.caption for s in scenes]
+    drawn = scenes(seed, n, canvas)
+    return np.stack([render(s, canvas) for s in drawn]), [s.caption for s in drawn]
 
 
 # --- parsing images ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ each layer's map to the image size and sum over layers, heads and steps; a word'
 of its tokens' maps. We do the same.
 
 The recorder never touches the computation that makes the image: forward hooks read each layer's
-inputs and recompute the probabilities beside it (SDPA does not return them), so images come out
-bit for bit the same with and without it (a test checks).
+inputs and recompute the probabilities beside it (unet.CrossAttentionMaps; SDPA does not return
+them), so images come out bit for bit the same with and without it (a test checks).
 
 Legend: B batch, N = H*W latent positions at a layer, T tokens (77), h heads, d head dim.
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tokenizer import CLIPTokenizer
-from ..unet import BasicTransformerBlock, Transformer2DModel
+from ..unet import CrossAttentionMaps
 
 
 class CrossAttentionRecorder:
@@ -37,42 +37,27 @@ class CrossAttentionRecorder:
     """
 
     def __init__(self, unet: torch.nn.Module, prompts: int, size: tuple[int, int]):
-        self.unet, self.prompts, self.size = unet, prompts, size
+        self.prompts, self.size = prompts, size
         self.sums: dict[tuple[int, int], torch.Tensor] = {}  # (H, W) -> (B, T, H, W) summed probabilities
         self.calls: dict[tuple[int, int], int] = {}  # (H, W) -> layer calls recorded (layers x steps)
-        self._handles: list = []
-        self._shape: tuple[int, int] | None = None
+        self._maps = CrossAttentionMaps(unet, self._record)
 
     def __enter__(self) -> CrossAttentionRecorder:
-        for module in self.unet.modules():
-            if isinstance(module, Transformer2DModel):
-                self._handles.append(module.register_forward_pre_hook(self._remember_shape))
-            if isinstance(module, BasicTransformerBlock):
-                self._handles.append(module.attn2.register_forward_hook(self._record))
+        self._maps.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _remember_shape(self, module, args) -> None:
-        self._shape = tuple(args[0].shape[2:])  # the feature map (B, C, H, W) entering the transformer
+        self._maps.__exit__(*exc)
 
     @torch.no_grad()
-    def _record(self, attn, args, output) -> None:
-        x, context = args[0], args[1]
-        rows = x.shape[0]
+    def _record(self, probs: torch.Tensor, shape: tuple[int, int]) -> None:
+        rows = probs.shape[0]
         if rows not in (self.prompts, 2 * self.prompts):
             raise ValueError(f"the UNet ran {rows} rows for {self.prompts} prompts; which are conditional?")
-        x, context = x[rows - self.prompts :], context[rows - self.prompts :]  # the conditional half
-        B, N, D = x.shape
-        q = attn.to_q(x).float().view(B, N, attn.heads, -1).transpose(1, 2)  # (B, h, N, d)
-        k = attn.to_k(context).float().view(B, context.shape[1], attn.heads, -1).transpose(1, 2)  # (B, h, T, d)
-        probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1).mean(dim=1)  # (B, N, T)
-        maps = probs.transpose(1, 2).reshape(B, -1, *self._shape)  # (B, T, H, W)
-        self.sums[self._shape] = self.sums[self._shape] + maps if self._shape in self.sums else maps
-        self.calls[self._shape] = self.calls.get(self._shape, 0) + 1
+        probs = probs[rows - self.prompts :]  # the conditional half, (B, N, T)
+        maps = probs.transpose(1, 2).reshape(self.prompts, -1, *shape)  # (B, T, H, W)
+        self.sums[shape] = self.sums[shape] + maps if shape in self.sums else maps
+        self.calls[shape] = self.calls.get(shape, 0) + 1
 
     def heat_from(self, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """The maps of the layers at `sizes` (default: all), upsampled to the image and summed: (B, T, H, W)."""

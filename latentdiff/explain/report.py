@@ -299,5 +299,6 @@ def _html(pngs: dict, gif: bytes, numbers: dict, mp4: bool) -> str:
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}")  # fmt: skip
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>latentdiff explain: '
             f"{html.escape(numbers['prompt'])}</title><style>{style}</style></head><body>{''.join(parts)}"
-            f"<p><small>explain.json holds every number on this page. {numbers['seconds']} s.</small></p>"
+            f"<p><small>latentdiff explain writes every number on this page to explain.json beside it. "
+            f"{numbers['seconds']} s.</small></p>"
             "</body></html>")  # fmt: skip

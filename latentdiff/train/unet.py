@@ -29,10 +29,11 @@ from ..model import StableDiffusion
 from ..pipeline import last_images, txt2img
 from ..schedules import alphas_cumprod, q_sample
 from ..tokenizer import CLIPTokenizer
-from ..unet import UNet2DConditionModel
+from ..unet import CrossAttentionMaps, UNet2DConditionModel
 from ..vae import AutoencoderKL
 from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, pool_tensors, shard
 from .grid import save_grid
+from .grounding import grounding_loss, grounding_targets
 
 PREVIEW_PROMPTS = (
     "a red circle above a blue square",
@@ -77,6 +78,13 @@ class UNetRecipe:
     vae_weights: str = "ema"
     clip_weights: str = "ema"
     caption_dropout: float = 0.1
+    # Weight of the token grounding loss (grounding.py; shapes captions only); 0 trains on denoising alone.
+    grounding_weight: float = 0.0
+    # Ground only layers at least this many latent cells wide (a 2x2 map cannot outline a 12-pixel
+    # object), and only timesteps below grounding_max_t (near pure noise there is no object to find).
+    grounding_min_side: int = 1
+    grounding_max_t: int = 1000
+    init_from: str = ""  # a `train unet` run folder (its EMA) or a diffusers folder whose UNet starts this run
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     batch_size: int = 64
@@ -121,6 +129,11 @@ def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
     text = CLIPTextModel(CLIPTextConfig(**recipe["text"]))
     text.load_state_dict({k.removeprefix("text_model."): v for k, v in ema.items() if k.startswith("text_model.")})
     return text.eval().requires_grad_(False)
+
+
+def _init_unet(path: str) -> dict:
+    found = _run_or_folder(path, "UNet", "latentdiff train unet --recipe recipes/unet_builtin.toml")
+    return found.unet.state_dict() if isinstance(found, StableDiffusion) else found[1]
 
 
 def trained_clip(path: str, weights: str = "ema") -> CLIPModel | None:
@@ -214,11 +227,22 @@ def setup(recipe: UNetRecipe) -> Setup:
         raise RecipeError(f"model.in_channels {recipe.model.in_channels} != the VAE's {vae.config.latent_channels}")
     images, captions = pool_tensors(recipe.data)
     means, stds, states, empty = encode_pool(vae, text_encoder, images, captions)
+    del images  # only the latents are needed from here
     scale = latent_scale(means, stds)
     means, stds, states, empty = (t.to(dev) for t in (means, stds, states, empty))
     alpha_bar = alphas_cumprod(recipe.scheduler).float().to(dev)
     T = recipe.scheduler.num_train_timesteps
-    model = UNet2DConditionModel(recipe.model).to(dev)
+    model = UNet2DConditionModel(recipe.model)
+    if recipe.init_from:
+        model.load_state_dict(_init_unet(recipe.init_from))
+    model = model.to(dev)
+    grounding = None
+    if recipe.grounding_weight > 0:
+        if recipe.data.source != "shapes":
+            raise RecipeError('grounding_weight needs shapes captions (data.source = "shapes")')
+        positions, masks = grounding_targets(recipe.data, CLIPTokenizer.default(), means.shape[-1],
+                                             extra_rows=len(captions) - recipe.data.pool)  # fmt: skip
+        grounding = (positions.to(dev), masks.to(dev))
 
     def loss_fn(net, rank: int, world: int) -> torch.Tensor:
         B = recipe.batch_size  # every random number is drawn for the global batch, then sharded
@@ -228,7 +252,15 @@ def setup(recipe: UNetRecipe) -> Setup:
         idx, t, drop, eps, latent_noise = (shard(x, rank, world).to(dev) for x in (idx, t, drop, eps, latent_noise))
         x0 = (means[idx] + stds[idx] * latent_noise) * scale
         context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
-        return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+        if grounding is None:
+            return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+        maps = []
+        with CrossAttentionMaps(model, lambda probs, hw: maps.append((probs, hw))):
+            loss = denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+        skip = drop | (t >= recipe.grounding_max_t)  # a dropped caption has no words to ground
+        positions = torch.where(skip.view(-1, 1), -1, grounding[0][idx])
+        maps = [(probs, hw) for probs, hw in maps if min(hw) >= recipe.grounding_min_side]
+        return loss + recipe.grounding_weight * grounding_loss(maps, positions, grounding[1][idx])
 
     return Setup(model, loss_fn, vae.to(dev), text_encoder.to(dev), scale, dev)
 
