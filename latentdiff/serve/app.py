@@ -1,4 +1,5 @@
-"""The ASGI app: the A1111 API under /sdapi/v1, the web page at /, OpenAPI docs at /docs.
+"""The ASGI app: the A1111 API under /sdapi/v1, the explainer at /latentdiff/v1/explain, the web page at /,
+OpenAPI docs at /docs.
 
 The docs page uses the Swagger UI that `fastapi-offline` ships, so it works with no network.
 """
@@ -17,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from .api import make_router
 from .catalogue import ModelEntry
+from .explain_route import make_explain_router
 from .settings import ServeOptions
 from .worker import Worker
 
@@ -42,6 +44,7 @@ def create_app(options: ServeOptions) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=int(options.limits.max_body_mb * 2**20))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(make_router(worker, options))
+    app.include_router(make_explain_router(worker, options))
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")  # last: the routes above come first
     return app
 

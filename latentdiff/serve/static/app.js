@@ -1,22 +1,32 @@
-// The latentdiff page: a client of the same /sdapi/v1 API that A1111 tools use, nothing private.
+// The latentdiff page: a client of the same /sdapi/v1 API that A1111 tools use, plus the explainer's
+// /latentdiff/v1/explain; nothing private.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { lastSeed: null, generating: false, defaults: null };
+const state = { lastSeed: null, generating: false, explaining: false, defaults: null, reportUrl: null };
 
 // --- talking to the server -------------------------------------------------------------------
 
-async function api(path, body) {
+function headers() {
   const headers = { "Content-Type": "application/json" };
   const key = $("api-key").value || localStorage.getItem("latentdiff-api-key");
   if (key) headers.Authorization = `Bearer ${key}`;
-  const response = await fetch(`sdapi/v1/${path}`, body === undefined ? { headers } : {
-    method: "POST", headers, body: JSON.stringify(body),
-  });
+  return headers;
+}
+
+async function refused(response) {
+  // An error answer -> an Error with its one-line detail.
   const data = await response.json().catch(() => ({ detail: `${response.status} ${response.statusText}` }));
   if (response.status === 401) $("key-label").hidden = false;  // ask for the key, then try again
-  if (!response.ok) throw new Error(data.detail || response.statusText);
-  return data;
+  return new Error(data.detail || response.statusText);
+}
+
+async function api(path, body) {
+  const response = await fetch(`sdapi/v1/${path}`, body === undefined ? { headers: headers() } : {
+    method: "POST", headers: headers(), body: JSON.stringify(body),
+  });
+  if (!response.ok) throw await refused(response);
+  return response.json();
 }
 
 function showError(message) {
@@ -206,7 +216,54 @@ async function generate(event) {
     state.generating = false;
     await watching;
     $("generate").disabled = false;
-    $("interrupt").disabled = true;
+    $("interrupt").disabled = !state.explaining;
+  }
+}
+
+// --- explaining: this prompt and seed step by step, as the explainer's one-page report ---------
+
+async function explain() {
+  showError("");
+  const form = settings();
+  if (!form.prompt.trim()) return showError("write a prompt to explain first");
+  const body = {};
+  for (const key of ["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler_name", "scheduler"]) {
+    body[key] = form[key];
+  }
+  // Opened now, while the click still counts as the user's (popup blockers allow that), filled in later.
+  const tab = window.open("", "_blank");
+  if (tab) tab.document.write("<!doctype html><title>latentdiff explain</title><p>explaining &hellip;</p>");
+  state.explaining = true;
+  $("explain").disabled = true;
+  $("interrupt").disabled = false;
+  $("notice").textContent = "explaining… (one run per guidance scale, and a few more)";
+  try {
+    const response = await fetch("latentdiff/v1/explain", {
+      method: "POST", headers: headers(), body: JSON.stringify(body),
+    });
+    if (!response.ok) throw await refused(response);
+    const page = new Blob([await response.text()], { type: "text/html" });
+    if (state.reportUrl) URL.revokeObjectURL(state.reportUrl);
+    state.reportUrl = URL.createObjectURL(page);
+    const link = document.createElement("a");
+    link.id = "report-link";
+    link.href = state.reportUrl;
+    link.target = "_blank";
+    link.textContent = "open the report";
+    if (tab && !tab.closed) {
+      tab.location.href = state.reportUrl;
+      $("notice").replaceChildren("explained: the report is in a new tab (", link, ")");
+    } else {  // the popup was blocked, or closed meanwhile
+      $("notice").replaceChildren("explained: ", link);
+    }
+  } catch (error) {
+    if (tab) tab.close();
+    $("notice").textContent = "";
+    showError(error.message);
+  } finally {
+    state.explaining = false;
+    $("explain").disabled = false;
+    $("interrupt").disabled = !state.generating;
   }
 }
 
@@ -244,6 +301,7 @@ function button(label, onClick) {
 // --- wiring ------------------------------------------------------------------------------
 
 $("settings").addEventListener("submit", generate);
+$("explain").addEventListener("click", explain);
 $("interrupt").addEventListener("click", () => api("interrupt", {}).catch((error) => showError(error.message)));
 $("model").addEventListener("change", switchModel);
 $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
