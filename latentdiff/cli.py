@@ -236,6 +236,8 @@ def cmd_evaluate(args) -> None:
     if args.grid:
         save_grid(result.images[:64] * 2 - 1, Path(args.grid))
         print(f"wrote {args.grid} (the first 64 images)")
+    if args.attention:
+        _attention_alignment(model, args.attention, sampling)
     try:
         print(f"VAE held-out PSNR {vae_psnr(model.vae, data, 'emoji'):.2f} dB (emoji never trained on)")
         if not has_clip(folder):
@@ -251,6 +253,17 @@ def cmd_evaluate(args) -> None:
         emoji_grid = Path(args.grid).with_name(Path(args.grid).stem + "-emoji.png")
         save_grid(emoji.images[:64] * 2 - 1, emoji_grid)
         print(f"wrote {emoji_grid} (64 generated training emoji)")
+
+
+def _attention_alignment(model, n: int, sampling: dict) -> None:
+    from .explain.alignment import RATIO, attention_alignment
+
+    sampling = {k: v for k, v in sampling.items() if k != "seed"}  # the alignment prompts have their own seed
+    a = attention_alignment(model, n, **sampling)
+    kinds = ", ".join(f"{kind} words {right / max(scored, 1):.1%}" for kind, (right, scored) in a.by_kind.items())
+    print(f"attention: {a.word_rate:.1%} of colour/shape words hold >= {RATIO:g}x more attention on their own object "
+          f"than on the other ({kinds}); all four words right in {a.prompt_rate:.1%} of prompts; "
+          f"{a.prompts_scored} two-object prompts scored, {a.prompts_drawn} drawn to find them")  # fmt: skip
 
 
 def cmd_data(args) -> None:
@@ -382,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=list(SAMPLERS), default="euler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
+    p.add_argument("--attention", type=int, default=0, metavar="N",
+                   help="also score the cross-attention maps on N two-object prompts")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="install and verify training data (via apt / npm only)")
