@@ -5,28 +5,11 @@ Skipped where Chromium is missing, unless LATENTDIFF_REQUIRE_BROWSER is set (as 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from latentdiff.serve.settings import ServeOptions
 from tests.serving import running_server, save_tiny_model
-from tests.test_browser import CHROMIUM, open_page
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        message = "Debian's chromium is not installed (apt-get install chromium; `make test` does it as root)"
-        if os.environ.get("LATENTDIFF_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        yield browser
-        browser.close()
+from tests.test_browser import browser, open_page  # noqa: F401 (browser: the shared fixture)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +18,7 @@ def url(tmp_path_factory):
         yield url
 
 
-def test_explain_opens_the_report_in_a_new_tab_or_links_it_when_popups_are_blocked(browser, url):
+def test_explain_opens_the_report_in_a_new_tab_or_links_it_when_popups_are_blocked(browser, url):  # noqa: F811 (the imported fixture)
     page = open_page(browser, url)
     page.wait_for_selector("body[data-ready=true]")
     page.fill("#prompt", "a red circle")
