@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,12 @@ def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, tmp_path / "recipe.pt", one], check=True, env=env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    subprocess.run([*torchrun, script, tmp_path / "recipe.pt", two], check=True, env=env, capture_output=True)
+    with socket.socket() as probe:  # a port free now, rather than a fixed one another run may hold
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    done = subprocess.run([*torchrun, script, tmp_path / "recipe.pt", two], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]  # torchrun's own report names the failing rank
     one, two = torch.load(one), torch.load(two)
     assert one.pop("seen") == [4] and two.pop("seen") == [2]  # each process ran half of the global batch
     for key, grad in one.items():
