@@ -99,8 +99,10 @@ def test_trajectory_keeps_every_step_and_ends_on_the_pipelines_image(tiny):
     C, h = tiny.config.unet.out_channels, tiny.config.unet.sample_size
     assert run.x.shape == (5, C, h, h) and run.x0.shape == run.eps.shape == (4, C, h, h)
     assert run.heat.shape == (77, 64, 64)
-    # x_in = x0 + sigma * eps at every step: the recorded noise is the one the sampler stepped with.
-    torch.testing.assert_close(run.x[:-1], run.x0 + run.sigmas[:-1, None, None, None] * run.eps, atol=1e-4, rtol=0)
+    # Euler steps x_next = x + eps * (sigma_next - sigma): holds only if the recorded start and noises
+    # are the ones the sampler used.
+    step = (run.sigmas[1:] - run.sigmas[:-1])[:, None, None, None]
+    torch.testing.assert_close(run.x[1:], run.x[:-1] + run.eps * step, atol=1e-3, rtol=1e-4)
     plain = last_images(txt2img(tiny, "a red circle", steps=4, guidance_scale=3.0, seed=2, sampler="euler"))
     assert torch.equal(run.image, plain[0])
 
