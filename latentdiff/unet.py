@@ -216,10 +216,24 @@ class UNet2DConditionModel(nn.Module):
             self.up_blocks.append(UNetLevel(in_chs, ch, temb_dim, attention, cfg.heads(level), cfg, resample))
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chs[0], eps=cfg.norm_eps)
+        # Channels and heads after each layer, in after_layer's order (the video UNet sizes its layers by them).
+        self.layer_shapes = [(level.resnets[0].conv2.out_channels, cfg.heads(i)) for i, level in
+                             enumerate(self.down_blocks) for _ in level.resnets]  # fmt: skip
+        self.layer_shapes.append((chs[-1], cfg.heads(n - 1)))
+        self.layer_shapes += [(level.resnets[0].conv2.out_channels, cfg.heads(n - 1 - i)) for i, level in
+                              enumerate(self.up_blocks) for _ in level.resnets]  # fmt: skip
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
-        """x_t (B, C, H, W) noisy latent, t () or (B,) timestep(s), context (B, T, D) -> (B, C_out, H, W)."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
+                after_layer=None) -> torch.Tensor:  # fmt: skip
+        """x_t (B, C, H, W) noisy latent, t () or (B,) timestep(s), context (B, T, D) -> (B, C_out, H, W).
+
+        after_layer(h, i): called on the output of the i-th ResBlock(+transformer) layer, counting the
+        down path, the mid block and the up path in order; returns the features to continue with.
+        The video UNet inserts its temporal attention there (video_unet.py).
+        """
+        after_layer = after_layer or (lambda h, i: h)
+        n = 0
         B = x_t.shape[0]
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(B) if t.ndim == 0 else t
@@ -231,17 +245,17 @@ class UNet2DConditionModel(nn.Module):
         skips = [h]
         for block in self.down_blocks:
             for i in range(len(block.resnets)):
-                h = block.layer(i, h, temb, context)
+                h, n = after_layer(block.layer(i, h, temb, context), n), n + 1
                 skips.append(h)
             if hasattr(block, "downsamplers"):
                 h = block.downsamplers[0](h)
                 skips.append(h)
 
-        h = self.mid_block(h, temb, context)
+        h, n = after_layer(self.mid_block(h, temb, context), n), n + 1
 
         for block in self.up_blocks:
             for i in range(len(block.resnets)):
-                h = block.layer(i, torch.cat([h, skips.pop()], dim=1), temb, context)
+                h, n = after_layer(block.layer(i, torch.cat([h, skips.pop()], dim=1), temb, context), n), n + 1
             if hasattr(block, "upsamplers"):
                 # Upsample to the size of the skip this feature map will meet next (odd sizes).
                 h = block.upsamplers[0](h, size=skips[-1].shape[-2:])

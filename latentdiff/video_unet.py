@@ -1,0 +1,88 @@
+"""A space-time factorised 3D UNet (Ho et al. 2022, "Video Diffusion Models", section 3).
+
+The 2D UNet (unet.py) runs on every frame as if it were an image: frames are folded into the batch,
+so its convolutions, self-attention and cross-attention to the text act within a frame. After every
+one of its layers a temporal attention layer mixes information across frames, separately at each
+pixel, with a learned relative-position bias (T5-style: one bias per head and frame distance).
+
+Each temporal layer's output projection starts at zero, so a new VideoUNet computes exactly what
+its 2D UNet computes on each frame: it can start from a trained image model (`from_image_unet`)
+and be trained on videos and images together (images are 1-frame videos).
+
+Legend: B batch, C channels, F frames, H W latent height width, h heads, d head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import UNetConfig
+from .unet import UNet2DConditionModel
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention over the F frames at each position, plus a residual: (B*F, C, H, W) -> same."""
+
+    def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int):
+        super().__init__()
+        self.heads, self.max_frames, self.causal = heads, max_frames, causal
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
+        self.to_qkv = nn.Linear(ch, 3 * ch, bias=False)
+        self.to_out = nn.Linear(ch, ch)
+        nn.init.zeros_(self.to_out.weight)  # identity at init: the residual alone
+        nn.init.zeros_(self.to_out.bias)
+        # One learned bias per head for each frame distance -(max_frames-1) .. max_frames-1.
+        self.relative_bias = nn.Parameter(torch.zeros(heads, 2 * max_frames - 1))
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if frames > self.max_frames:
+            raise ValueError(f"{frames} frames, but the temporal attention was built for at most {self.max_frames}")
+        BF, C, H, W = x.shape
+        B = BF // frames
+        h = self.norm(x).view(B, frames, C, H * W).permute(0, 3, 1, 2).reshape(B * H * W, frames, C)  # (B*H*W, F, C)
+        q, k, v = (t.view(-1, frames, self.heads, C // self.heads).transpose(1, 2) for t in self.to_qkv(h).chunk(3, -1))
+        position = torch.arange(frames, device=x.device)
+        distance = position[None, :] - position[:, None] + self.max_frames - 1  # (F, F): key - query, shifted >= 0
+        bias = self.relative_bias[:, distance].to(q.dtype)  # (h, F, F)
+        if self.causal:  # a frame sees itself and the frames before it
+            bias = bias.masked_fill(position[None, :] > position[:, None], float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])  # (B*H*W, h, F, d)
+        out = self.to_out(out.transpose(1, 2).reshape(-1, frames, C))  # (B*H*W, F, C)
+        out = out.view(B, H * W, frames, C).permute(0, 2, 3, 1).reshape(BF, C, H, W)
+        return x + out
+
+
+class VideoUNet(nn.Module):
+    """(B, C, F, H, W) noisy video latents, t, context -> (B, C_out, F, H, W), one text for all frames."""
+
+    def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False):
+        super().__init__()
+        self.config, self.max_frames, self.causal = cfg, max_frames, causal
+        self.unet = UNet2DConditionModel(cfg)
+        self.temporal = nn.ModuleList(
+            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups)
+            for ch, heads in self.unet.layer_shapes
+        )
+
+    @classmethod
+    def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False):
+        """A VideoUNet whose spatial layers are a copy of a trained 2D UNet; temporal layers start as identity."""
+        video = cls(image_unet.config, max_frames, causal)
+        video.unet.load_state_dict(image_unet.state_dict())
+        return video
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        B, C, frames, H, W = x_t.shape
+        x = x_t.transpose(1, 2).reshape(B * frames, C, H, W)  # frames folded into the batch
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.expand(B) if t.ndim == 0 else t
+        per_frame_t = t.repeat_interleave(frames)  # (B*F,)
+        per_frame_context = context.repeat_interleave(frames, dim=0)  # (B*F, T, D)
+
+        def temporal(h: torch.Tensor, i: int) -> torch.Tensor:
+            return self.temporal[i](h, frames)
+
+        out = self.unet(x, per_frame_t, per_frame_context, after_layer=temporal)  # (B*F, C_out, H, W)
+        return out.view(B, frames, -1, H, W).transpose(1, 2)  # (B, C_out, F, H, W)
