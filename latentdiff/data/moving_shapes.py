@@ -22,7 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import BACKGROUNDS, COLOURS, SHAPES, Obj, Scene, _apart, _sample_obj, parse_objects, render
+from .shapes import (
+    BACKGROUNDS,
+    OBJECT_PATTERN,
+    Scene,
+    _apart,
+    _sample_obj,
+    object_phrase,
+    parse_objects,
+    render,
+)
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) per frame, y down
 SPEED = (1.0, 2.5)  # pixels per frame at 64x64
@@ -93,11 +102,7 @@ def sample_moving_scene(rng: np.random.Generator, frames: int = 8, canvas: int =
 
 def caption_of(moving: MovingScene) -> str:
     scene = moving.scene
-
-    def phrase(obj: Obj, with_size: bool) -> str:
-        return f"a {obj.size + ' ' if with_size else ''}{obj.colour} {obj.shape}"
-
-    parts = [phrase(o, s) for o, s in zip(scene.objects, scene.named["sizes"], strict=True)]
+    parts = [object_phrase(o, s) for o, s in zip(scene.objects, scene.named["sizes"], strict=True)]
     text = f"{parts[0]} moving {moving.directions[0]}"
     if len(parts) == 2:
         text += f" while {parts[1]} moves {moving.directions[1]}"
@@ -118,11 +123,9 @@ def make_video_dataset(seed: int, n: int, frames: int = 8, canvas: int = 64) -> 
 
 # --- checking a video against its caption ---------------------------------------------------------
 
-_OBJECT = r"a (?:(small|large) )?(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")"
 _MOVE = "|".join(DIRECTIONS)
-_CAPTION = re.compile(
-    rf"^{_OBJECT} moving ({_MOVE})(?: while {_OBJECT} moves ({_MOVE}))?(?: on a ({'|'.join(BACKGROUNDS)}) background)?$"
-)
+_BACKGROUND = rf"(?: on a ({'|'.join(BACKGROUNDS)}) background)?"
+_CAPTION = re.compile(rf"^{OBJECT_PATTERN} moving ({_MOVE})(?: while {OBJECT_PATTERN} moves ({_MOVE}))?{_BACKGROUND}$")
 
 
 def parse_motion_caption(caption: str) -> dict:

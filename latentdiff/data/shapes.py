@@ -121,11 +121,13 @@ def sample_scene(rng: np.random.Generator, canvas: int = 64) -> Scene:
     return scene
 
 
-def caption_of(scene: Scene) -> str:
-    def phrase(obj: Obj, with_size: bool) -> str:
-        return f"a {obj.size + ' ' if with_size else ''}{obj.colour} {obj.shape}"
+def object_phrase(obj: Obj, with_size: bool) -> str:
+    """ "a [size ]<colour> <shape>"."""
+    return f"a {obj.size + ' ' if with_size else ''}{obj.colour} {obj.shape}"
 
-    parts = [phrase(o, s) for o, s in zip(scene.objects, scene.named["sizes"], strict=True)]
+
+def caption_of(scene: Scene) -> str:
+    parts = [object_phrase(o, s) for o, s in zip(scene.objects, scene.named["sizes"], strict=True)]
     text = parts[0] if len(parts) == 1 else f"{parts[0]} {scene.relation} {parts[1]}"
     return text + (f" on a {scene.background} background" if scene.named["background"] else "")
 
@@ -256,9 +258,10 @@ def parse_objects(image: np.ndarray) -> tuple[str, list[tuple[Region, np.ndarray
 
 # --- checking a caption ---------------------------------------------------------------------------
 
-_OBJECT = r"a (?:(small|large) )?(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")"
+# "a [size ]<colour> <shape>": groups size (or None), colour, shape. The moving-shapes captions use it too.
+OBJECT_PATTERN = r"a (?:(small|large) )?(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")"
 _CAPTION = re.compile(
-    rf"^{_OBJECT}(?: ({'|'.join(RELATIONS)}) {_OBJECT})?(?: on a ({'|'.join(BACKGROUNDS)}) background)?$"
+    rf"^{OBJECT_PATTERN}(?: ({'|'.join(RELATIONS)}) {OBJECT_PATTERN})?(?: on a ({'|'.join(BACKGROUNDS)}) background)?$"
 )
 
 
