@@ -4,7 +4,7 @@
     explain(model, ExplainSettings(prompt="a red circle above a blue square"), Path("explain"))
 
 The pieces are usable alone: trajectory.record (every step of one run), attention.CrossAttentionRecorder
-(DAAM-style maps; the image is unchanged), guidance.cfg_sweep / prompt_pair, forward.noise_image,
+(DAAM-style maps; the image is unchanged), guidance.cfg_sweep / swap_word / divergence, forward.noise_image,
 alignment.attention_alignment (do the maps land on the right objects?).
 """
 

@@ -14,7 +14,7 @@ import torch
 from ..data.shapes import COLOURS
 from ..model import StableDiffusion
 from ..pipeline import last_images, txt2img
-from .trajectory import Trajectory, record
+from .trajectory import Trajectory
 
 
 @torch.no_grad()
@@ -51,11 +51,3 @@ def default_swap(prompt: str) -> str | None:
 def divergence(a: Trajectory, b: Trajectory) -> list[float]:
     """Per step, the RMS difference of the two runs' x0 estimates (in latent units)."""
     return [float((xa - xb).pow(2).mean().sqrt()) for xa, xb in zip(a.x0, b.x0, strict=True)]
-
-
-def prompt_pair(model: StableDiffusion, prompt: str, swap: str, seed: int = 0, steps: int = 20,
-                sampler: str = "euler", guidance_scale: float = 7.5) -> tuple[Trajectory, Trajectory]:  # fmt: skip
-    """Trajectories of the prompt and of its one-word variant, from the same noise."""
-    other = swap_word(prompt, swap)
-    runs = [record(model, p, seed, steps, sampler, guidance_scale, attention=False) for p in (prompt, other)]
-    return runs[0], runs[1]

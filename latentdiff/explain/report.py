@@ -30,7 +30,7 @@ from ..pipeline import sampling_schedule
 from ..weights.io import atomic_path, write_json
 from .attention import Word, word_map, words
 from .forward import noise_image
-from .guidance import cfg_sweep, default_swap, divergence, prompt_pair, swap_word
+from .guidance import cfg_sweep, default_swap, divergence, swap_word
 from .trajectory import Trajectory, decode, fit_preview, preview, record
 
 TILE = 128  # pixels per image tile in the figures
@@ -89,8 +89,10 @@ def explain(model: StableDiffusion, settings: ExplainSettings, out: Path,
     pair_png, pair_numbers = None, None
     if swap is not None:
         say(f"prompt pair: {swap}")
-        a, b = prompt_pair(model, s.prompt, swap, s.seed, s.steps, s.sampler, s.guidance_scale)
-        pair_png, pair_numbers = _pair_figure(model, a, b, shown)
+        # The first of the pair is `run` itself: recording attention left it bit-identical.
+        other = record(model, swap_word(s.prompt, swap), s.seed, s.steps, s.sampler, s.guidance_scale,
+                       s.negative_prompt, attention=False)  # fmt: skip
+        pair_png, pair_numbers = _pair_figure(model, run, other, shown)
 
     say(f"forward diffusion at t = {', '.join(map(str, s.timesteps))}")
     source = s.image if s.image is not None else run.image

@@ -1,7 +1,7 @@
 """`POST /latentdiff/v1/explain`: `latentdiff explain` over HTTP, answered with its self-contained report.html.
 
 The run goes through the Worker queue like any generation, so it never shares the model with one:
-it denoises once with attention recorded, then once per guidance scale, twice more for the one-word
+it denoises once with attention recorded, then once per guidance scale, once more for the one-word
 prompt pair, and noises the result (explain/report.py). The page's Explain button opens the answer
 in a new tab. /interrupt (or a client hanging up) stops it between two of those stages.
 """
@@ -107,7 +107,7 @@ def make_explain_router(worker: Worker, options: ServeOptions) -> APIRouter:
         """The explainer's report for one prompt and seed: one HTML page with every image inline.
 
         The denoising steps, per-word cross-attention, the same seed at each of `scales`, two prompts
-        one word apart (`swap`), and forward diffusion. It runs 1 + len(scales) (+ 2 with a swap)
+        one word apart (`swap`), and forward diffusion. It runs 1 + len(scales) (+ 1 with a swap)
         generations of `steps` steps, queued behind the requests already waiting.
         """
         try:
