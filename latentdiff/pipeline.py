@@ -187,13 +187,15 @@ def inpaint(
 
 @torch.no_grad()
 def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x, generators,
-             keep=None, extra_channels=None):  # fmt: skip
+             keep=None, extra_channels=None, unet=None):  # fmt: skip
     """Run the sampler with guidance, yield its steps, then decode.
 
     keep=(x0, noise, mask): latent blending; after each step the region where mask is 0 is reset to
     the image's latent x0 noised to the step's level. extra_channels: fed to the UNet beside x_t.
+    unet: another noise predictor for model.unet (the video UNet, whose latents are (B, C, F, h, w);
+    they are decoded frame by frame and come back as (B, 3, F, H, W)).
     """
-    unet = model.unet
+    unet = unet or model.unet
     if extra_channels is not None:
 
         def unet(x_t, t, context):  # CFG doubles the batch: repeat the extra channels to match
@@ -219,7 +221,13 @@ def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x
     if not torch.isfinite(x).all():
         raise FloatingPointError("the model produced NaN or infinite latents; try fp32, fewer steps or another seed")
     latents = x / (1 + sigmas[-1] ** 2).sqrt()  # back to the VP latent the VAE was trained on
-    image = model.vae.decode(latents / model.config.vae.scaling_factor)
+    if latents.ndim == 5:  # video (B, C, F, h, w): decode every frame as an image
+        B, C, frames, h, w = latents.shape
+        frames_first = latents.transpose(1, 2).reshape(B * frames, C, h, w)
+        image = model.vae.decode(frames_first / model.config.vae.scaling_factor)
+        image = image.view(B, frames, *image.shape[1:]).transpose(1, 2)  # (B, 3, F, H, W)
+    else:
+        image = model.vae.decode(latents / model.config.vae.scaling_factor)
     yield ((image.float() + 1) / 2).clamp(0, 1)
 
 
