@@ -167,14 +167,16 @@ def cmd_inpaint(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import clip, unet, vae
+    from .train import clip, unet, vae, video
     from .train.common import RecipeError, load_recipe
 
-    recipes = {"vae": vae.VAERecipe, "clip": clip.CLIPRecipe, "unet": unet.UNetRecipe}
+    recipes = {"vae": vae.VAERecipe, "clip": clip.CLIPRecipe, "unet": unet.UNetRecipe, "video": video.VideoRecipe}
     try:
         recipe = load_recipe(recipes[args.component], args.recipe, args.set)
         if args.component == "unet":
             return _train_unet(recipe, args.resume)
+        if args.component == "video":
+            return _train_video(recipe, args.resume)
         module = {"vae": vae, "clip": clip}[args.component]
         result = module.train(recipe, resume=args.resume)
     except RecipeError as e:
@@ -208,6 +210,55 @@ def _train_unet(recipe, resume: bool) -> None:
     score = fidelity(result["sd"], shapes_prompts(100)).score
     print(f"step {result['step']}: shapes fidelity {score:.1%} on 100 fresh prompts (EMA, 20 euler steps, CFG 2.5)")
     print(f"wrote {folder} (generate with: latentdiff generate --model {folder} --prompt ...)")
+
+
+def _train_video(recipe, resume: bool) -> None:
+    from .train import video
+    from .train.unet import assemble
+    from .video_unet import VideoUNet
+    from .weights.video_folder import save_video
+
+    result = video.train(recipe, resume=resume)
+    ema = VideoUNet(recipe.model, recipe.max_frames, recipe.causal)
+    ema.load_state_dict(result["ema"].shadow)
+    image_part = assemble(recipe, ema.unet.state_dict(), result["vae"], result["text_encoder"], result["scale"])
+    folder = Path(recipe.out) / "model"
+    save_video(image_part, ema, folder)
+    print(f"step {result['step']}: wrote {folder} (make a video with: latentdiff video --model {folder} --prompt ...)")
+
+
+def cmd_video(args) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from .animation import write_gif, write_mp4
+    from .pipeline import to_pil
+    from .video_pipeline import txt2video
+    from .weights.video_folder import load_video
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".gif":
+        raise ValueError(f"--out {out}: give a .gif path (the .mp4 is written beside it)")
+    if args.fps <= 0 or args.scale < 1:
+        raise ValueError(f"--fps must be above 0 and --scale at least 1, got {args.fps} and {args.scale}")
+    model, video_unet = load_video(args.model)
+    sampling = dict(steps=args.steps, guidance_scale=args.cfg_scale, seed=args.seed, sampler=args.sampler)
+    states = txt2video(model, video_unet, args.prompt, args.frames, args.negative_prompt, **sampling)
+    clip = None
+    with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
+        for state in states:
+            if isinstance(state, torch.Tensor):
+                clip = state
+            else:
+                bar.update(1)
+    frames = [image.resize((image.width * args.scale, image.height * args.scale), 0) for image in
+              to_pil(clip[0].transpose(0, 1))]  # fmt: skip
+    write_gif(frames, out, ms_per_frame=round(1000 / args.fps), hold_last_ms=round(1000 / args.fps))
+    written = [out]
+    if not args.no_mp4:
+        write_mp4(frames, out.with_suffix(".mp4"), fps=args.fps, hold_last_s=0)
+        written.append(out.with_suffix(".mp4"))
+    print(f"wrote {', '.join(map(str, written))}: {args.frames} frames of {args.prompt!r}")
 
 
 def cmd_evaluate(args) -> None:
@@ -381,11 +432,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("train", help="train a component from a TOML recipe (resumable)")
-    p.add_argument("component", choices=["vae", "clip", "unet"])
+    p.add_argument("component", choices=["vae", "clip", "unet", "video"])
     p.add_argument("--recipe", default=None, help="recipes/*.toml (default: the script's built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one value")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("video", help="text -> a short video (GIF + MP4) with a `train video` model")
+    p.add_argument("--model", required=True, help="a folder written by `latentdiff train video` (its model/)")
+    p.add_argument("--prompt", default="a red circle moving left")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=2.5)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="euler")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=6)
+    p.add_argument("--scale", type=int, default=2, help="enlarge each frame this many times (nearest)")
+    p.add_argument("--no-mp4", action="store_true")
+    p.add_argument("--out", default="out/video.gif", help="the GIF; the MP4 goes beside it")
+    p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("evaluate", help="measure a model on the shapes world (fidelity, VAE PSNR)")
     p.add_argument("--model", default=None, help="diffusers folder (default: the built-in model)")

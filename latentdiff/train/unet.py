@@ -194,7 +194,7 @@ def denoising_loss(net, x0: torch.Tensor, context: torch.Tensor, t: torch.Tensor
     if prediction_type == "epsilon":
         target = eps
     elif prediction_type == "v_prediction":
-        a = alpha_bar[t].view(-1, 1, 1, 1)
+        a = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))  # images (B, C, H, W) or videos (B, C, F, H, W)
         target = a.sqrt() * eps - (1 - a).sqrt() * x0
     else:
         target = x0

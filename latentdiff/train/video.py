@@ -1,0 +1,122 @@
+"""Train the text-to-video UNet, top to bottom (Ho et al. 2022, "Video Diffusion Models").
+
+    latentdiff train video --recipe recipes/video_builtin.toml [--resume]
+
+The VAE and the CLIP text tower are frozen, as for images; the video UNet (video_unet.py) starts
+from a trained image UNet (`init_from`), its temporal layers as identity. Each step trains on a
+batch of moving-shapes videos (data/moving_shapes.py) and, jointly, on a batch of still shapes
+scenes as 1-frame videos (the paper's joint image-video training: it keeps the spatial layers
+sharp while the temporal ones learn motion). Both batches: eps-prediction on x_t = q_sample(x0, t,
+eps) with the video's own t, the same for all its frames, and caption dropout for guidance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..config import SchedulerConfig, UNetConfig
+from ..data.moving_shapes import make_video_dataset
+from ..schedules import alphas_cumprod
+from ..tokenizer import CLIPTokenizer
+from ..video_unet import VideoUNet
+from .common import DataConfig, OptimConfig, RecipeError, device, fit, image_tensor, pool_tensors, shard
+from .unet import (
+    _init_unet,
+    _scheduler,
+    _unet,
+    denoising_loss,
+    encode_pool,
+    frozen_text_encoder,
+    frozen_vae,
+    latent_scale,
+)
+
+
+@dataclasses.dataclass
+class VideoRecipe:
+    model: UNetConfig = dataclasses.field(default_factory=_unet)
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=_scheduler)
+    frames: int = 8
+    max_frames: int = 16
+    causal: bool = False
+    vae: str = "runs/vae_shapes"
+    clip: str = "runs/clip_shapes"
+    vae_weights: str = "ema"
+    clip_weights: str = "ema"
+    init_from: str = ""  # the image UNet (a `train unet` run or a diffusers folder) the spatial layers start from
+    videos: int = 2_000  # moving-shapes videos in the pool (data.seed); the image pool is data.pool scenes
+    image_batch_size: int = 32  # still scenes per step, trained as 1-frame videos (0: videos only)
+    caption_dropout: float = 0.1
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    batch_size: int = 8  # videos per step
+    log_every: int = 50
+    ckpt_every: int = 500
+    out: str = "runs/video"
+
+
+@torch.no_grad()
+def _encode_videos(vae, text_encoder, recipe: VideoRecipe, chunk: int = 256):
+    """Latent posteriors (N, C, F, h, w) of the moving-shapes pool, and its captions' text states."""
+    videos, captions = make_video_dataset(recipe.data.seed, recipe.videos, recipe.frames, recipe.data.canvas)
+    frames = image_tensor(videos.reshape(-1, *videos.shape[2:]))  # (N*F, 3, H, W)
+    posteriors = [vae.encode(part) for part in frames.split(chunk)]
+    tokenizer = CLIPTokenizer.default()
+    states = torch.cat([text_encoder.encode(tokenizer(captions[i : i + chunk]).input_ids)
+                        for i in range(0, len(captions), chunk)])  # fmt: skip
+
+    def per_video(t: torch.Tensor) -> torch.Tensor:
+        return t.view(len(videos), recipe.frames, *t.shape[1:]).transpose(1, 2)  # (N, C, F, h, w)
+
+    return per_video(torch.cat([p.mean for p in posteriors])), per_video(torch.cat([p.std for p in posteriors])), states
+
+
+def setup(recipe: VideoRecipe):
+    if not 1 <= recipe.frames <= recipe.max_frames:
+        raise RecipeError(f"frames must be between 1 and max_frames ({recipe.max_frames}), got {recipe.frames}")
+    torch.manual_seed(recipe.data.seed)
+    dev = device()
+    text_encoder = frozen_text_encoder(recipe.clip, recipe.clip_weights)
+    vae = frozen_vae(recipe.vae, recipe.vae_weights)
+    videos = _encode_videos(vae, text_encoder, recipe)
+    empty = text_encoder.encode(CLIPTokenizer.default()([""]).input_ids)  # the dropped caption
+    stills = None
+    if recipe.image_batch_size:
+        images, captions = pool_tensors(recipe.data)
+        means, stds, states, _ = encode_pool(vae, text_encoder, images, captions)
+        stills = (means[:, :, None], stds[:, :, None], states)  # images as 1-frame videos (N, C, 1, h, w)
+    scale = latent_scale(videos[0], videos[1])
+    model = VideoUNet(recipe.model, recipe.max_frames, recipe.causal)
+    if recipe.init_from:
+        model.unet.load_state_dict(_init_unet(recipe.init_from))
+    model = model.to(dev)
+    alpha_bar = alphas_cumprod(recipe.scheduler).float().to(dev)
+    T = recipe.scheduler.num_train_timesteps
+
+    def batch_loss(net, means, stds, states, B, rank, world) -> torch.Tensor:
+        idx, t = torch.randint(len(means), (B,)), torch.randint(T, (B,))
+        drop = torch.rand(B) < recipe.caption_dropout
+        eps, latent_noise = torch.randn(B, *means.shape[1:]), torch.randn(B, *means.shape[1:])
+        idx, t, drop, eps, latent_noise = (shard(x, rank, world) for x in (idx, t, drop, eps, latent_noise))
+        x0 = (means[idx] + stds[idx] * latent_noise) * scale
+        context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
+        x0, context, t, eps = (x.to(dev) for x in (x0, context, t, eps))
+        return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+
+    def loss_fn(net, rank: int, world: int) -> torch.Tensor:
+        loss = batch_loss(net, *videos, recipe.batch_size, rank, world)
+        if stills is not None:
+            loss = loss + batch_loss(net, *stills, recipe.image_batch_size, rank, world)
+        return loss
+
+    return model, loss_fn, vae, text_encoder, scale
+
+
+def train(recipe: VideoRecipe, resume: bool = False, stop_at: int | None = None, quiet: bool = False) -> dict:
+    model, loss_fn, vae, text_encoder, scale = setup(recipe)
+    result = fit(model, loss_fn, recipe, resume, stop_at, quiet)
+    result.update(vae=vae, text_encoder=text_encoder, scale=scale, out=Path(recipe.out))
+    return result

@@ -1,0 +1,53 @@
+"""A text-to-video model on disk: a diffusers folder (text encoder, VAE, the spatial UNet, scheduler)
+plus `video_unet/`, which holds only the temporal layers and their settings.
+
+    folder/model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/   the image model
+    folder/video_unet/config.json                  {"max_frames": 16, "causal": false}
+    folder/video_unet/temporal.safetensors         the temporal attention layers (keys "temporal.*")
+
+The image part loads as an image model too (its UNet is the video model's spatial half).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..model import StableDiffusion
+from ..video_unet import VideoUNet
+from .errors import WeightsError
+from .io import load_into, read_state_dict, write_json, write_state_dict
+
+
+def has_video(folder: str | Path) -> bool:
+    return (Path(folder) / "video_unet" / "config.json").exists()
+
+
+def save_video(model: StableDiffusion, video: VideoUNet, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+    """The image model (with `video`'s spatial UNet), then video_unet/; each file written atomically."""
+    from . import save
+
+    model.unet.load_state_dict(video.unet.state_dict())
+    save(model, folder, **({"dtype": dtype} if dtype else {}))
+    temporal = {k: v for k, v in video.state_dict().items() if k.startswith("temporal.")}
+    if dtype is not None:
+        temporal = {k: v.to(dtype) for k, v in temporal.items()}
+    write_state_dict(temporal, Path(folder) / "video_unet" / "temporal.safetensors")
+    write_json({"max_frames": video.max_frames, "causal": video.causal}, Path(folder) / "video_unet" / "config.json")
+
+
+def load_video(folder: str | Path) -> tuple[StableDiffusion, VideoUNet]:
+    from . import load
+
+    folder = Path(folder)
+    if not has_video(folder):
+        raise WeightsError(f"{folder}: not a video model (no video_unet/config.json); make one: latentdiff train video")
+    model = load(folder)
+    settings = json.loads((folder / "video_unet" / "config.json").read_text())
+    video = VideoUNet(model.config.unet, int(settings["max_frames"]), bool(settings["causal"]))
+    temporal, _ = read_state_dict(folder / "video_unet" / "temporal.safetensors")
+    spatial = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
+    load_into(video, spatial | temporal, str(folder / "video_unet"))
+    return model, video.to(model.device, model.dtype).eval()

@@ -1,0 +1,56 @@
+"""`latentdiff train video` writes a video model folder; `latentdiff video` draws GIF + MP4 from it."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from latentdiff.cli import main
+from latentdiff.weights.video_folder import load_video
+from tests.test_train_unet import frozen  # noqa: F401 (the fixture)
+
+
+def test_train_then_draw_a_video(frozen, tmp_path, capsys):  # noqa: F811
+    recipe = tmp_path / "video.toml"
+    recipe.write_text(f"""
+vae = "{frozen}"
+clip = "{frozen}"
+frames = 4
+max_frames = 4
+videos = 4
+image_batch_size = 2
+batch_size = 2
+log_every = 2
+ckpt_every = 2
+out = "{tmp_path / "run"}"
+[model]
+sample_size = 8
+block_out_channels = [32, 32]
+down_block_types = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+up_block_types = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+layers_per_block = 1
+cross_attention_dim = 32
+head_dim = 16
+norm_num_groups = 8
+[optim]
+max_steps = 2
+warmup_steps = 1
+[data]
+canvas = 16
+pool = 4
+heldout = 4
+""")
+    assert main(["train", "video", "--recipe", str(recipe)]) == 0
+    folder = tmp_path / "run" / "model"
+    model, video = load_video(folder)
+    assert video.max_frames == 4 and model.config.unet.sample_size == 8
+    out = tmp_path / "clip.gif"
+    args = ["video", "--model", str(folder), "--prompt", "a red circle moving left", "--frames", "3", "--steps", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    gif = Image.open(out)
+    assert gif.n_frames == 3 and gif.size == (32, 32)  # 16 px frames at --scale 2
+    assert out.with_suffix(".mp4").read_bytes()[4:8] == b"ftyp"
+    capsys.readouterr()
+    assert main([*args, "--frames", "9", "--out", str(out)]) == 2
+    assert "frames must be between 1 and 4" in capsys.readouterr().err
+    assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2
+    assert "not a video model" in capsys.readouterr().err
