@@ -271,10 +271,20 @@ def cmd_evaluate(args) -> None:
     from .train.vae import reconstructions_hold
     from .weights import load
     from .weights.clip_folder import has_clip, load_clip
+    from .weights.video_folder import has_video
 
     folder = _model_path(args)
-    model = load(folder)
+    videos = (100 if has_video(folder) else 0) if args.videos is None else args.videos
+    if videos and not has_video(folder):
+        raise ValueError(f"--videos: {folder} is not a video model (no video_unet/); make one: latentdiff train video")
+    if args.prompts < 0 or videos < 0:
+        raise ValueError(f"--prompts and --videos must be 0 or more, got {args.prompts} and {videos}")
     sampling = dict(steps=args.steps, guidance_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
+    if videos:
+        _motion_bars(folder, videos, sampling, args.grid)
+    if not args.prompts:
+        return
+    model = load(folder)
     setting = f"{args.steps} {args.sampler} steps, CFG {args.cfg_scale}"
     start = time.perf_counter()
     result = fidelity(model, shapes_prompts(args.prompts), **sampling)
@@ -304,6 +314,31 @@ def cmd_evaluate(args) -> None:
         emoji_grid = Path(args.grid).with_name(Path(args.grid).stem + "-emoji.png")
         save_grid(emoji.images[:64] * 2 - 1, emoji_grid)
         print(f"wrote {emoji_grid} (64 generated training emoji)")
+
+
+def _motion_bars(folder: Path, n: int, sampling: dict, grid: str | None) -> None:
+    """The text-to-video bars on n held-out moving-shapes prompts, each video checked frame by frame."""
+    from tqdm import tqdm
+
+    from .evaluate import motion, motion_prompts
+    from .train.grid import save_grid
+    from .weights.video_folder import load_video
+
+    model, video_unet = load_video(folder)
+    frames = min(8, video_unet.max_frames)  # what the recipes train on: 1-2.5 px/frame travels 7-17 px
+    start = time.perf_counter()
+    with tqdm(total=n, desc="videos", unit="video") as bar:
+        m = motion(model, video_unet, motion_prompts(n, frames, canvas=model.config.vae.sample_size), frames,
+                   progress=bar.update, **sampling)  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"motion: named objects right (colour and shape) in {m.frames_right:.1%} of frames; all move in their "
+          f"named direction in {m.moved_right:.1%} of videos; one set of objects throughout in {m.consistent:.1%}; "
+          f"all three in {m.holds:.1%} ({n} held-out prompts, {frames} frames, {sampling['steps']} "
+          f"{sampling['sampler']} steps, CFG {sampling['guidance_scale']}; {seconds / n:.2f} s/video)")  # fmt: skip
+    if grid:
+        path = Path(grid).with_name(Path(grid).stem + "-video.png")
+        save_grid(m.videos[:8].transpose(1, 2).flatten(0, 1) * 2 - 1, path, columns=frames)
+        print(f"wrote {path} (the first 8 videos, one per row)")
 
 
 def _attention_alignment(model, n: int, sampling: dict) -> None:
@@ -463,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also score the cross-attention maps on N two-object prompts")  # fmt: skip
+    p.add_argument("--videos", type=int, default=None, metavar="N",
+                   help="score text-to-video on N held-out moving-shapes prompts (video models: default 100; "
+                        "--prompts 0 skips the image bars)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="install and verify training data (via apt / npm only)")

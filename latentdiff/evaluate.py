@@ -1,8 +1,12 @@
-"""How good is a text-to-image model on the shapes world? Generate, parse, compare.
+"""How good is a text-to-image (or text-to-video) model on the shapes world? Generate, parse, compare.
 
 Fidelity = the share of prompts whose generated image satisfies its caption per SHAPES.md: the
 object count and every named colour, shape, size, relation and background (data.shapes.caption_holds).
 The prompts come from a seed no training run uses, so they are fresh scenes, not memorised ones.
+
+Motion (text-to-video): each generated video is parsed frame by frame (data.moving_shapes.check_video)
+and scored on the three bars of the video issue: the named objects' colour and shape per frame, their
+direction of travel, and the same set of objects throughout.
 """
 
 from __future__ import annotations
@@ -99,3 +103,56 @@ def emoji_bar(model, clip, n: int = 190, steps: int = 20, guidance_scale: float 
         scores.append(emoji_top5(clip, generated * 2 - 1, names, emoji.names))
         images.append(generated)
     return EmojiScore(scores[0], scores[1], torch.cat(images))
+
+
+def motion_prompts(n: int, frames: int = 8, seed: int = FIDELITY_SEED, canvas: int = 64) -> list[str]:
+    """n moving-shapes captions from a seed no training run uses (training pools use data.seed)."""
+    from .data.moving_shapes import sample_moving_scene
+
+    rng = np.random.default_rng(seed)
+    return [sample_moving_scene(rng, frames, canvas).caption for _ in range(n)]
+
+
+@dataclasses.dataclass
+class Motion:
+    frames_right: float  # share of (video, named object, frame) where the object shows its colour and shape
+    moved_right: float  # share of videos whose named objects all travel in their named directions
+    consistent: float  # share of videos showing one set of objects in >= 90% of their frames
+    holds: float  # share of videos passing all three
+    checks: list  # data.moving_shapes.MotionCheck per video
+    prompts: list[str]
+    videos: torch.Tensor  # (N, 3, F, H, W) in [0, 1]
+
+
+@torch.no_grad()
+def motion(model, video_unet, prompts: list[str], frames: int = 8, steps: int = 20, guidance_scale: float = 2.5,
+           sampler: str = "euler", seed: int = 0, batch: int = 10, progress=None) -> Motion:  # fmt: skip
+    """Generate one video per prompt (seed + i for the i-th) and check each against its caption."""
+    from .video_pipeline import txt2video
+
+    chunks = []
+    for start in range(0, len(prompts), batch):
+        states = txt2video(model, video_unet, prompts[start : start + batch], frames, steps=steps,
+                           guidance_scale=guidance_scale, sampler=sampler, seed=seed + start)  # fmt: skip
+        chunks.append(last_images(states).float().cpu())
+        if progress is not None:
+            progress(len(chunks[-1]))
+    return score_motion(torch.cat(chunks), prompts)
+
+
+def score_motion(videos: torch.Tensor, prompts: list[str]) -> Motion:
+    """Check each video (N, 3, F, H, W) in [0, 1] against its caption, frame by frame."""
+    from .data.moving_shapes import check_video
+
+    pixels = (videos.permute(0, 2, 3, 4, 1).numpy() * 255).round().astype(np.uint8)  # (N, F, H, W, 3)
+    checks = [check_video(v, p) for v, p in zip(pixels, prompts, strict=True)]
+    per_object = [f for c in checks for f in c.frames_right]
+    return Motion(
+        frames_right=sum(per_object) / len(per_object),
+        moved_right=sum(all(c.moved_right) for c in checks) / len(checks),
+        consistent=sum(c.consistent for c in checks) / len(checks),
+        holds=sum(c.holds for c in checks) / len(checks),
+        checks=checks,
+        prompts=prompts,
+        videos=videos,
+    )

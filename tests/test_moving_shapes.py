@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from latentdiff.data.moving_shapes import (
     DIRECTIONS,
@@ -14,6 +15,7 @@ from latentdiff.data.moving_shapes import (
     sample_moving_scene,
 )
 from latentdiff.data.shapes import _apart
+from latentdiff.evaluate import motion_prompts, score_motion
 
 
 def test_generator_and_checker_agree_on_300_videos():
@@ -67,3 +69,23 @@ def test_captions_parse_and_bad_ones_are_named():
     assert set(DIRECTIONS) == {"left", "right", "up", "down"}
     with pytest.raises(ValueError, match="not a moving-shapes caption"):
         parse_motion_caption("a red circle above a blue square")
+
+
+def test_motion_scores_count_frames_directions_and_consistency():
+    videos, captions = make_video_dataset(seed=5, n=20, frames=8)
+    clips = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 255  # (N, 3, F, H, W) in [0, 1]
+    truth = score_motion(clips, captions)
+    assert truth.frames_right >= 0.95 and truth.moved_right >= 0.95 and truth.consistent >= 0.95
+    assert truth.holds >= 0.9 and len(truth.checks) == 20
+    backwards = score_motion(clips.flip(2), captions)  # right objects, wrong way
+    assert backwards.moved_right == 0 and backwards.frames_right >= 0.95 and backwards.holds == 0
+    blank = score_motion(torch.zeros_like(clips), captions)  # a black canvas, nothing drawn
+    assert blank.frames_right == 0 and blank.moved_right == 0 and blank.holds == 0
+
+
+def test_motion_prompts_are_fresh_and_fixed():
+    prompts = motion_prompts(50)
+    assert prompts == motion_prompts(50) and len(set(prompts)) > 40
+    assert {len(parse_motion_caption(p)["objects"]) for p in prompts} == {1, 2}
+    _, training = make_video_dataset(seed=0, n=50, frames=8)
+    assert prompts != training

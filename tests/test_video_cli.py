@@ -50,6 +50,13 @@ heldout = 4
     assert gif.n_frames == 3 and gif.size == (32, 32)  # 16 px frames at --scale 2
     assert out.with_suffix(".mp4").read_bytes()[4:8] == b"ftyp"
     capsys.readouterr()
+    assert main(["evaluate", "--model", str(folder), "--videos", "2", "--prompts", "0", "--steps", "2",
+                 "--grid", str(tmp_path / "eval.png")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "motion: named objects right" in printed and "(2 held-out prompts, 4 frames, 2 euler steps" in printed
+    assert Image.open(tmp_path / "eval-video.png").size[1] > Image.open(tmp_path / "eval-video.png").size[0] / 8
+    assert main(["evaluate", "--model", str(frozen), "--videos", "2"]) == 2
+    assert "is not a video model" in capsys.readouterr().err
     assert main([*args, "--frames", "9", "--out", str(out)]) == 2
     assert "frames must be between 1 and 4" in capsys.readouterr().err
     assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2
