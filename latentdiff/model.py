@@ -13,6 +13,7 @@ from torch import nn
 
 from .clip import CLIPTextModel
 from .config import SDConfig, preset
+from .cpu_kernels import accelerate
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
@@ -41,6 +42,9 @@ class StableDiffusion(nn.Module):
         self.text_encoder = CLIPTextModel(config.text)
         self.vae = AutoencoderKL(config.vae)
         self.unet = UNet2DConditionModel(config.unet)
+        # oneDNN kernels for every Linear and Conv2d in inference (exact fp32; cpu_kernels.py says
+        # why and how much); conv weights are held once, packed, after their first use.
+        accelerate(self, release=True)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> StableDiffusion:

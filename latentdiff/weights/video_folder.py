@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu_kernels import accelerate
 from ..model import StableDiffusion
 from ..video_unet import VideoUNet
 from .errors import WeightsError
@@ -50,4 +51,4 @@ def load_video(folder: str | Path) -> tuple[StableDiffusion, VideoUNet]:
     temporal, _ = read_state_dict(folder / "video_unet" / "temporal.safetensors")
     spatial = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
     load_into(video, spatial | temporal, str(folder / "video_unet"))
-    return model, video.to(model.device, model.dtype).eval()
+    return model, accelerate(video.to(model.device, model.dtype).eval(), release=True)  # as StableDiffusion
