@@ -1,0 +1,28 @@
+"""The CPU benchmark command runs end to end on a tiny model (its numbers are not asserted: shared machines)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sd_cpu.py"), "--preset", "tiny", "--parts", "unet,txt2img",
+           "--impls", "latentdiff,diffusers", "--reps", "1", "--steps", "2", "--threads", "1",
+           "--cache", str(tmp_path / "weights"), "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "sd_cpu.json").read_text())
+    assert set(report["parts"]) == {"unet-8-b1", "unet-8-b2", "unet-16-b1", "unet-16-b2", "txt2img-64"}
+    assert report["machine"]["peak_gflops"] > 0 and report["machine"]["cores"] >= 1
+    for name, part in report["parts"].items():
+        ours = part["impls"]["latentdiff"]
+        assert ours["max_abs_diff_vs_diffusers"] < 1e-3, name  # the same weights give the same outputs
+        assert ours["median_s"] > 0 and ours["peak_rss_mib"] > 0 and part["time_ours_over_diffusers"] > 0
+    assert report["parts"]["unet-16-b2"]["flops"] > report["parts"]["unet-16-b1"]["flops"] > 0
+    table = (tmp_path / "out" / "sd_cpu.md").read_text()
+    assert "| unet-16-b2 |" in table and "Rerun:" in table
