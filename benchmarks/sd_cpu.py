@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -158,9 +159,9 @@ def _ours(folder: Path, part: dict):
     model = load(folder)
     kind = part["kind"]
     if kind == "txt2img":
-        s = part["size"]
+        s, deep = part["size"], part.get("deep_cache", 1)
         return lambda: last_images(txt2img(model, PROMPT, steps=part["steps"], guidance_scale=7.5, sampler="euler",
-                                           seed=0, height=s, width=s))  # fmt: skip
+                                           seed=0, height=s, width=s, deep_cache=deep))  # fmt: skip
     if kind == "text":
         ids = model.tokenizer([PROMPT, ""]).input_ids
         del model.unet, model.vae
@@ -206,6 +207,8 @@ def _diffusers(folder: Path, part: dict):
 def worker(impl: str, folder: Path, part: dict, reps: int, threads: int, out: Path) -> dict:
     torch.set_num_threads(threads)
     with torch.inference_mode():
+        if impl == "latentdiff-fast":
+            part = part | {"deep_cache": part["fast_deep_cache"]}
         fn = _diffusers(folder, part) if impl == "diffusers" else _ours(folder, part)
         _reset_peak_rss()
         result = fn()  # the first call: oneDNN picks kernels, our convolutions pack their weights
@@ -268,6 +271,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="txt2img steps")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-sdcpp", action="store_true")
+    p.add_argument("--deep-cache", type=int, default=3, metavar="N",
+                   help="fast mode for txt2img (latentdiff-fast): DeepCache every N calls; 1 = not run")  # fmt: skip
     p.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "latentdiff-bench"),
                    help="where the random weights are written once (~8 GB for sd15)")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -301,10 +306,12 @@ def main() -> None:
     report["machine"] |= matmul_peak(args.threads)
     print(f"machine: {report['machine']}", flush=True)
     for name, part in parts.items():
+        part_impls = impls
         if part["kind"] == "txt2img":
-            part = part | {"steps": args.steps}
+            part = part | {"steps": args.steps, "fast_deep_cache": args.deep_cache}
+            part_impls = impls + (["latentdiff-fast"] if args.deep_cache > 1 else [])
         runs = {}
-        for impl in impls:  # one after the other, so a shared machine's drift hits each alike
+        for impl in part_impls:  # one after the other, so a shared machine's drift hits each alike
             runs[impl] = run_part(impl, folder, name, part, args.reps, args.threads, scratch)
         report["parts"][name] = summarise(part, runs, report["machine"]["peak_gflops"])
         print(line(name, report["parts"][name]), flush=True)
@@ -332,6 +339,9 @@ def summarise(part: dict, runs: dict[str, dict], peak: float) -> dict:
             entry["of_peak"] = round(entry["gflops"] / peak, 3)
         if reference is not None:
             entry["max_abs_diff_vs_diffusers"] = float((torch.load(r["output"]) - reference).abs().max())
+        if impl == "latentdiff-fast":  # an approximation: its cost as PSNR against our exact image
+            mse = float(((torch.load(r["output"]) - torch.load(ours["output"])) ** 2).mean())
+            entry["psnr_vs_exact_db"] = round(10 * math.log10(1 / max(mse, 1e-12)), 2)
         summary["impls"][impl] = entry
     if "diffusers" in runs:
         theirs = summary["impls"]["diffusers"]
@@ -376,6 +386,15 @@ def markdown(report: dict, args) -> str:
         f"(text, {report['steps']} Euler steps at CFG 7.5, decode). Times are medians of {report['reps']} calls after "
         "one untimed call; peak RSS is counted from after the weights are loaded.",
     ]
+    for name, s in report["parts"].items():
+        fast = s["impls"].get("latentdiff-fast")
+        if fast:
+            theirs = s["impls"].get("diffusers", {}).get("median_s")
+            versus = f" = {fast['median_s'] / theirs:.2f}x diffusers' time" if theirs else ""
+            every = s["part"]["fast_deep_cache"]
+            text += ["", f"Fast mode (opt-in approximation: DeepCache, the UNet's deep levels on every {every}th "
+                     f"call only): {name} {fast['median_s']:.3f} s{versus}, peak RSS {fast['peak_rss_mib']} MiB, "
+                     f"PSNR {fast['psnr_vs_exact_db']:.1f} dB against our exact image."]  # fmt: skip
     if "sdcpp" in report:
         s = report["sdcpp"]
         shown = json.dumps({k: v for k, v in s.items() if k != "image"}) if isinstance(s, dict) else s

@@ -138,7 +138,10 @@ def cmd_generate(args) -> None:
     from .weights import load
 
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
-    states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch, **_sampling(args))
+    if args.deep_cache < 1:
+        raise ValueError(f"--deep-cache must be 1 (exact) or more, got {args.deep_cache}")
+    states = txt2img(model, args.prompt, height=args.height, width=args.width, batch=args.batch,
+                     deep_cache=args.deep_cache, **_sampling(args))  # fmt: skip
     _write_images(model, states, args, _model_path(args).name)
 
 
@@ -287,8 +290,9 @@ def cmd_evaluate(args) -> None:
     model = load(folder)
     setting = f"{args.steps} {args.sampler} steps, CFG {args.cfg_scale}"
     start = time.perf_counter()
-    result = fidelity(model, shapes_prompts(args.prompts), **sampling)
+    result = fidelity(model, shapes_prompts(args.prompts), deep_cache=args.deep_cache, **sampling)
     seconds = time.perf_counter() - start
+    setting += f", deep cache every {args.deep_cache} calls (approximate)" if args.deep_cache > 1 else ""
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
     data = DataConfig(heldout=args.prompts)
@@ -449,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loading_args(p)
     _add_generation_args(p, "out/image.png")
     _add_size_args(p)
+    p.add_argument("--deep-cache", dest="deep_cache", type=int, default=1, metavar="N",
+                   help="approximate, faster: run the UNet's deep levels on every N-th call only (DeepCache); "
+                        "1 = exact")  # fmt: skip
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("img2img", help="text + image -> image")
@@ -498,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also score the cross-attention maps on N two-object prompts")  # fmt: skip
+    p.add_argument("--deep-cache", dest="deep_cache", type=int, default=1, metavar="N",
+                   help="approximate, faster: run the UNet's deep levels on every N-th call only (DeepCache); "
+                        "1 = exact")  # fmt: skip
     p.add_argument("--videos", type=int, default=None, metavar="N",
                    help="score text-to-video on N held-out moving-shapes prompts (video models: default 100; "
                         "--prompts 0 skips the image bars)")  # fmt: skip

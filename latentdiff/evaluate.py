@@ -37,21 +37,21 @@ class Fidelity:
 
 @torch.no_grad()
 def generate(model, prompts: list[str], steps: int, guidance_scale: float, sampler: str, seed: int,
-             batch: int = 50) -> torch.Tensor:  # fmt: skip
+             batch: int = 50, deep_cache: int = 1) -> torch.Tensor:  # fmt: skip
     """One image per prompt (seed + i for the i-th), `batch` at a time: (N, 3, H, W) in [0, 1]."""
     chunks = []
     for start in range(0, len(prompts), batch):
         states = txt2img(model, prompts[start : start + batch], steps=steps, guidance_scale=guidance_scale,
-                         sampler=sampler, seed=seed + start)  # fmt: skip
+                         sampler=sampler, seed=seed + start, deep_cache=deep_cache)  # fmt: skip
         chunks.append(last_images(states).float().cpu())
     return torch.cat(chunks)
 
 
 @torch.no_grad()
 def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float = 2.5, sampler: str = "euler",
-             seed: int = 0, batch: int = 50) -> Fidelity:  # fmt: skip
+             seed: int = 0, batch: int = 50, deep_cache: int = 1) -> Fidelity:  # fmt: skip
     """Generate one image per prompt (seed + i each) and check it against its caption."""
-    images = generate(model, prompts, steps, guidance_scale, sampler, seed, batch)
+    images = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, deep_cache)
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     held = [caption_holds(p, c) for p, c in zip(pixels, prompts, strict=True)]
     return Fidelity(sum(held) / len(held), held, prompts, images)

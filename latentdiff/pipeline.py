@@ -22,6 +22,7 @@ from .denoisers import Denoiser, GuidedDenoiser
 from .model import StableDiffusion
 from .samplers import SAMPLERS, Step, get_sampler, noise_like
 from .schedules import Schedule, make_schedule, train_sigmas
+from .unet import DeepFeatures
 
 # DDIM lands on alpha_bar_0, as SD's scheduler config says ("set_alpha_to_one": false); the
 # others end at sigma = 0.
@@ -76,14 +77,20 @@ def txt2img(
     sampler: str = "euler_ancestral",
     sigmas: str = "default",
     batch: int | None = None,
+    deep_cache: int = 1,
 ) -> Iterator[Step | torch.Tensor]:
-    """Text -> images. `batch` repeats a single prompt; a list of prompts is one image each."""
+    """Text -> images. `batch` repeats a single prompt; a list of prompts is one image each.
+
+    deep_cache N > 1: an approximation, faster: the UNet's deep levels run on every N-th call only
+    (unet.DeepFeatures); 1 is the exact path."""
     h, w = _check(model, steps, sampler, height, width)
     prompts = _prompts(prompt, batch)
     schedule = sampling_schedule(model, steps, sampler, sigmas)
     noise, generators = initial_noise(model, len(prompts), h, w, seed)
     x = noise * (1 + schedule.sigmas[0] ** 2).sqrt().to(model.dtype)
-    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators)
+    unet = DeepFeatures(model.unet, deep_cache) if deep_cache != 1 else None
+    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators,
+                    unet=unet)  # fmt: skip
 
 
 def _image_batch(model, prompt, image: torch.Tensor, steps: int, sampler: str, strength: float):

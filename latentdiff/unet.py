@@ -230,13 +230,17 @@ class UNet2DConditionModel(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                after_layer=None) -> torch.Tensor:  # fmt: skip
+                after_layer=None, deep: DeepFeatures | None = None) -> torch.Tensor:  # fmt: skip
         """x_t (B, C, H, W) noisy latent, t () or (B,) timestep(s), context (B, T, D) -> (B, C_out, H, W).
 
         after_layer(h, i): called on the output of the i-th ResBlock(+transformer) layer, counting the
         down path, the mid block and the up path in order; returns the features to continue with.
         The video UNet inserts its temporal attention there (video_unet.py).
+        deep: DeepCache's feature store (see DeepFeatures): a full pass keeps the features entering
+        the last up level; with deep.reuse only the top level runs, on those kept features.
         """
+        if deep is not None and after_layer is not None:
+            raise ValueError("the deep feature cache does not combine with after_layer (the video UNet)")
         after_layer = after_layer or (lambda h, i: h)
         n = 0
         B = x_t.shape[0]
@@ -248,6 +252,8 @@ class UNet2DConditionModel(nn.Module):
 
         h = self.conv_in(x_t)
         skips = [h]
+        if deep is not None and deep.reuse:
+            return self._top_level_only(h, temb, context, deep.features)
         for block in self.down_blocks:
             for i in range(len(block.resnets)):
                 h, n = after_layer(block.layer(i, h, temb, context), n), n + 1
@@ -259,9 +265,49 @@ class UNet2DConditionModel(nn.Module):
         h, n = after_layer(self.mid_block(h, temb, context), n), n + 1
 
         for block in self.up_blocks:
+            if deep is not None and block is self.up_blocks[-1]:
+                deep.features = h
             for i in range(len(block.resnets)):
                 h, n = after_layer(block.layer(i, torch.cat([h, skips.pop()], dim=1), temb, context), n), n + 1
             if hasattr(block, "upsamplers"):
                 # Upsample to the size of the skip this feature map will meet next (odd sizes).
                 h = block.upsamplers[0](h, size=skips[-1].shape[-2:])
         return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    def _top_level_only(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
+                        deep_features: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """DeepCache's cheap pass: the first down level's layers (their skips are fresh), then the last
+        up level on the kept deep features; the levels below and the mid block are skipped."""
+        skips = [h]
+        first = self.down_blocks[0]
+        for i in range(len(first.resnets)):
+            h = first.layer(i, h, temb, context)
+            skips.append(h)
+        h = deep_features
+        last = self.up_blocks[-1]
+        for i in range(len(last.resnets)):
+            h = last.layer(i, torch.cat([h, skips.pop()], dim=1), temb, context)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+
+class DeepFeatures:
+    """DeepCache (Ma, Fang and Wang, CVPR 2024), an approximation: the deep levels of the UNet change
+    slowly from one sampling step to the next, so every `interval`-th call runs the whole UNet and keeps
+    the features entering its last up level, and the calls between run only the top level on them.
+
+    A callable with the UNet's signature, for pipeline._denoise(unet=...). interval 1 = exact (always
+    the whole UNet). The cost: measured by benchmarks/sd_cpu.py (PSNR against the exact path) and by
+    `latentdiff evaluate --deep-cache N` (fidelity)."""
+
+    def __init__(self, unet: UNet2DConditionModel, interval: int):
+        if interval < 1:
+            raise ValueError(f"the deep-cache interval must be 1 or more, got {interval}")
+        self.unet, self.interval, self.calls = unet, interval, 0
+        self.features: torch.Tensor | None = None
+        self.reuse = False
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        fresh = self.features is None or self.features.shape[0] != x_t.shape[0]
+        self.reuse = not fresh and self.calls % self.interval != 0
+        self.calls += 1
+        return self.unet(x_t, t, context, deep=self)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "sd_cpu.py"), "--preset", "tiny", "--parts", "unet,txt2img",
-           "--impls", "latentdiff,diffusers", "--reps", "1", "--steps", "2", "--threads", "1",
+           "--impls", "latentdiff,diffusers", "--reps", "1", "--steps", "4", "--deep-cache", "2", "--threads", "1",
            "--cache", str(tmp_path / "weights"), "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -24,5 +24,8 @@ def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
         assert ours["max_abs_diff_vs_diffusers"] < 1e-3, name  # the same weights give the same outputs
         assert ours["median_s"] > 0 and ours["peak_rss_mib"] > 0 and part["time_ours_over_diffusers"] > 0
     assert report["parts"]["unet-16-b2"]["flops"] > report["parts"]["unet-16-b1"]["flops"] > 0
+    fast = report["parts"]["txt2img-64"]["impls"]["latentdiff-fast"]  # DeepCache: an approximation, its cost shown
+    assert 0 < fast["psnr_vs_exact_db"] < 120 and fast["median_s"] > 0
     table = (tmp_path / "out" / "sd_cpu.md").read_text()
+    assert "Fast mode (opt-in approximation" in table
     assert "| unet-16-b2 |" in table and "Rerun:" in table
