@@ -367,12 +367,17 @@ def cmd_convert(args) -> None:
     import torch
 
     from .weights import load, save
+    from .weights.video_folder import has_video, load_video, save_video
 
     model = load(args.src, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     options = {"dtype": torch.float16} if args.half else {}
     if args.max_shard_mb is not None:
         options["max_shard_bytes"] = int(args.max_shard_mb * 2**20)
-    save(model, args.dst, format=args.to, **options)
+    if args.to == "diffusers" and has_video(args.src):  # a video model: its temporal layers travel too
+        model, video = load_video(args.src)
+        save_video(model, video, args.dst, **options)
+    else:
+        save(model, args.dst, format=args.to, **options)
     from .weights.clip_folder import has_clip, load_clip, save_clip
 
     if args.to == "diffusers" and has_clip(args.src):  # the model's own CLIP travels with it

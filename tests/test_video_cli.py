@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from latentdiff.cli import main
+from latentdiff.weights.io import read_state_dict
 from latentdiff.weights.video_folder import load_video
 from tests.test_train_unet import frozen  # noqa: F401 (the fixture)
 
@@ -57,6 +59,13 @@ heldout = 4
     assert Image.open(tmp_path / "eval-video.png").size[1] > Image.open(tmp_path / "eval-video.png").size[0] / 8
     assert main(["evaluate", "--model", str(frozen), "--videos", "2"]) == 2
     assert "is not a video model" in capsys.readouterr().err
+    half = tmp_path / "half"  # shipping: float16, shards; the temporal layers travel with the image model
+    assert main(["convert", str(folder), str(half), "--to", "diffusers", "--half", "--max-shard-mb", "1"]) == 0
+    _, video16 = load_video(half)
+    assert read_state_dict(half / "video_unet" / "temporal.safetensors")[0]["temporal.0.to_out.weight"].dtype == (
+        torch.float16
+    )
+    assert video16.max_frames == 4
     assert main([*args, "--frames", "9", "--out", str(out)]) == 2
     assert "frames must be between 1 and 4" in capsys.readouterr().err
     assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2

@@ -26,12 +26,14 @@ def has_video(folder: str | Path) -> bool:
     return (Path(folder) / "video_unet" / "config.json").exists()
 
 
-def save_video(model: StableDiffusion, video: VideoUNet, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_video(model: StableDiffusion, video: VideoUNet, folder: str | Path, dtype: torch.dtype | None = None,
+               max_shard_bytes: int | None = None) -> None:  # fmt: skip
     """The image model (with `video`'s spatial UNet), then video_unet/; each file written atomically."""
     from . import save
 
     model.unet.load_state_dict(video.unet.state_dict())
-    save(model, folder, **({"dtype": dtype} if dtype else {}))
+    options = {"dtype": dtype} if dtype else {}
+    save(model, folder, **options, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
     temporal = {k: v for k, v in video.state_dict().items() if k.startswith("temporal.")}
     if dtype is not None:
         temporal = {k: v.to(dtype) for k, v in temporal.items()}
