@@ -415,8 +415,20 @@ def markdown(report: dict, args) -> str:
                      f"PSNR {fast['psnr_vs_exact_db']:.1f} dB against our exact image."]  # fmt: skip
     if "sdcpp" in report:
         s = report["sdcpp"]
-        shown = json.dumps({k: v for k, v in s.items() if k != "image"}) if isinstance(s, dict) else s
-        text += ["", f"stable-diffusion.cpp on the same weights (our single-file export): {shown}"]
+        if isinstance(s, dict):
+            size = s["settings"]["size"]
+            ours = report["parts"][f"txt2img-{size}"]["impls"]["latentdiff"]
+            cfg_step = report["parts"].get(f"unet-{size // 8}-b2", {}).get("impls", {}).get("latentdiff", {})
+            step = f"{cfg_step['median_s']:.2f}" if cfg_step else "not measured"
+            whole = s.get(f"txt2img_{report['steps']}_steps_s", s["total_s"])
+            text += ["", f"stable-diffusion.cpp ({s['version']}, ggml) on the same weights (our single-file export), "
+                     f"{size}x{size}: {s['per_step_s']:.2f} s per step (its two "
+                     f"batch-1 passes for CFG; ours: {step} s), decode {s['decode_s']:.2f} s, peak RSS "
+                     f"{s['peak_rss_mib']:.0f} MiB; a whole {report['steps']}-step image {whole:.1f} s "
+                     f"({s.get('whole_time_from', 'measured')}) against our {ours['median_s']:.1f} s. Note: sd.cpp "
+                     "keeps convolution weights in f16 whatever the file says, so it is not an fp32 run."]  # fmt: skip
+        else:
+            text += ["", f"stable-diffusion.cpp: {s}"]
     text += ["", f"Rerun: `.venv/bin/python benchmarks/sd_cpu.py --preset {report['preset']} --reps {report['reps']} "
              f"--txt2img-reps {report['txt2img_reps']} --steps {report['steps']} --threads {report['threads']}`",
              ""]  # fmt: skip
