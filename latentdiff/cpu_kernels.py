@@ -1,13 +1,14 @@
 """Exact fp32 CPU kernels: every Linear and Conv2d through oneDNN, convolution weights packed once.
 
-Why this pays (measured by benchmarks/cpu_kernels.py on the 2-core AMD EPYC these machines have):
+Why this pays (benchmarks/cpu_kernels.py, results/cpu_kernels.md, on the 2-core AMD EPYC these machines have):
 - PyTorch sends an fp32 `F.linear` to MKL's sgemm, which on AMD processors runs its AVX2 code
-  (about 190 GFLOP/s here). oneDNN's inner product, `torch.ops.mkldnn._linear_pointwise`, uses the
-  AVX-512 units the CPU has: the same product 1.5-2.3x faster.
+  (about 175 GFLOP/s here). oneDNN's inner product, `torch.ops.mkldnn._linear_pointwise`, uses the
+  AVX-512 units the CPU has: SD 1.5's products run 1.7-2.3x faster.
 - `F.conv2d` hands oneDNN the weight in PyTorch's plain layout, and oneDNN reorders it into its
   blocked layout on every call: for a 1280x1280x3x3 weight at an 8x8 latent that reorder costs
-  more than the convolution (78 GFLOP/s instead of 418). Packing each weight once, and calling
-  `torch.ops.mkldnn._convolution_pointwise` with it, removes that.
+  more than the convolution (105 GFLOP/s instead of 297). Packing each weight once, and calling
+  `torch.ops.mkldnn._convolution_pointwise` with it, removes that. (At 320 channels and 64x64 the
+  two are within 10% of each other.)
 Both are exact fp32 arithmetic (no reduced precision), differing from PyTorch's kernels only in
 summation order (~1e-5 on a UNet's output).
 
