@@ -339,7 +339,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sd_cpu.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "sd_cpu.md").write_text(markdown(report, args))
+    (out / "sd_cpu.md").write_text(markdown(report))
     print(f"wrote {out / 'sd_cpu.json'} and {out / 'sd_cpu.md'}")
 
 
@@ -373,7 +373,7 @@ def line(name: str, s: dict) -> str:
     return f"{name}: " + ", ".join(parts) + ratio
 
 
-def markdown(report: dict, args) -> str:
+def markdown(report: dict) -> str:
     m = report["machine"]
     impls = list(next(iter(report["parts"].values()))["impls"]) if report["parts"] else []
     head = " | ".join(f"{i} s" for i in impls)

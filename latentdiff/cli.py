@@ -430,6 +430,12 @@ def _add_generation_args(p: argparse.ArgumentParser, default_out: str, prompt: b
     p.add_argument("--out", default=default_out, help="PNG path (numbered when --batch > 1)")
 
 
+def _add_deep_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deep-cache", dest="deep_cache", type=int, default=1, metavar="N",
+                   help="approximate, faster: run the UNet's deep levels on every N-th call only (DeepCache); "
+                        "1 = exact")  # fmt: skip
+
+
 def _add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels; default: the model's native size")
     p.add_argument("--width", type=int, default=None)
@@ -458,9 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loading_args(p)
     _add_generation_args(p, "out/image.png")
     _add_size_args(p)
-    p.add_argument("--deep-cache", dest="deep_cache", type=int, default=1, metavar="N",
-                   help="approximate, faster: run the UNet's deep levels on every N-th call only (DeepCache); "
-                        "1 = exact")  # fmt: skip
+    _add_deep_cache_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("img2img", help="text + image -> image")
@@ -510,9 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also score the cross-attention maps on N two-object prompts")  # fmt: skip
-    p.add_argument("--deep-cache", dest="deep_cache", type=int, default=1, metavar="N",
-                   help="approximate, faster: run the UNet's deep levels on every N-th call only (DeepCache); "
-                        "1 = exact")  # fmt: skip
+    _add_deep_cache_arg(p)
     p.add_argument("--videos", type=int, default=None, metavar="N",
                    help="score text-to-video on N held-out moving-shapes prompts (video models: default 100; "
                         "--prompts 0 skips the image bars)")  # fmt: skip
