@@ -71,6 +71,20 @@ def test_resume_continues_exactly(tmp_path):
     assert sorted(p.name for p in (tmp_path / "resumed").glob("step-*.pt")) == ["step-00000003.pt", "step-00000006.pt"]
 
 
+def test_decoder_only_keeps_the_encoder_bit_for_bit(tmp_path):
+    """A new decoder for an existing latent space: encoder and quant_conv (raw and EMA) never move."""
+    base = train(_recipe(tmp_path / "base"), quiet=True)
+    recipe = dataclasses.replace(_recipe(tmp_path / "dec"), init_from=str(tmp_path / "base"), decoder_only=True)
+    tuned = train(recipe, quiet=True)
+    start = base["ema_model"].state_dict()
+    for net in (tuned["model"], tuned["ema_model"]):
+        for key, value in net.state_dict().items():
+            moved = not torch.equal(value, start[key])
+            assert moved == (not key.startswith(("encoder.", "quant_conv."))), key
+    with pytest.raises(RecipeError, match="decoder_only needs init_from"):
+        train(dataclasses.replace(recipe, init_from=""), quiet=True)
+
+
 def test_cli_trains_and_resumes(tmp_path, capsys):
     from latentdiff.cli import main
 

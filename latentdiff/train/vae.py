@@ -5,7 +5,8 @@
 Loss: L1 or L2 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) per latent element (Kingma &
 Welling 2014; SD's VAE uses a tiny KL weight so the latent keeps detail and only has to stay near
 unit scale). No pretrained perceptual network exists offline, so there is no LPIPS term.
-`init_from` starts from another run's (or a diffusers folder's) VAE instead of random weights.
+`init_from` starts from another run's (or a diffusers folder's) VAE instead of random weights;
+with `decoder_only` the encoder stays frozen (a new decoder for a latent space a UNet already uses).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class VAERecipe:
     kl_weight: float = 1e-6
     recon_loss: str = "l1"  # "l1" (SD's) or "l2" (squared error: what PSNR measures)
     init_from: str = ""  # a `train vae` run folder or diffusers folder whose VAE starts this run
+    # Train only the decoder (and post_quant_conv), the encoder frozen: the latent space stays the
+    # one a trained UNet already generates in, so a sharper decoder improves that model as it is.
+    decoder_only: bool = False
     log_every: int = 50
     ckpt_every: int = 500
     out: str = "runs/vae"
@@ -64,6 +68,11 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
         from .unet import frozen_vae  # the loader the UNet trainer uses for its frozen VAE
 
         model.load_state_dict(frozen_vae(recipe.init_from).state_dict())
+    if recipe.decoder_only:
+        if not recipe.init_from:
+            raise RecipeError("decoder_only needs init_from: a frozen random encoder defines no useful latent space")
+        for part in (model.encoder, model.quant_conv):
+            part.requires_grad_(False)
     model = model.to(dev)
     images, _ = pool_tensors(recipe.data)
     # The reconstructions shown in the run's sample grids: the first shapes, and the first emoji.
