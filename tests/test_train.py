@@ -172,3 +172,19 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path):
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
     assert not list(killed.glob(".*"))  # no half-written file left behind
+
+
+def test_every_shipped_recipe_loads():
+    """A typo in recipes/*.toml fails here, not minutes into a training run."""
+    from pathlib import Path
+
+    from latentdiff.train.clip import CLIPRecipe
+    from latentdiff.train.unet import UNetRecipe
+    from latentdiff.train.video import VideoRecipe
+
+    kinds = {"vae": VAERecipe, "clip": CLIPRecipe, "unet": UNetRecipe, "video": VideoRecipe}
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        recipe = load_recipe(kinds[path.name.split("_")[0]], path)
+        assert recipe.out.startswith("runs/"), path.name
