@@ -352,7 +352,8 @@ def _attention_alignment(model, n: int, sampling: dict) -> None:
     a = attention_alignment(model, n, **sampling)
     kinds = ", ".join(f"{kind} words {right / max(scored, 1):.1%}" for kind, (right, scored) in a.by_kind.items())
     print(f"attention: {a.word_rate:.1%} of colour/shape words hold >= {RATIO:g}x more attention on their own object "
-          f"than on the other ({kinds}); all four words right in {a.prompt_rate:.1%} of prompts; "
+          f"than on the other ({kinds}; by attention per pixel {a.density_rate:.1%}); "
+          f"all four words right in {a.prompt_rate:.1%} of prompts; "
           f"{a.prompts_scored} two-object prompts scored, {a.prompts_drawn} drawn to find them")  # fmt: skip
 
 

@@ -202,3 +202,18 @@ def test_alignment_scores_each_word_against_its_own_object():
     for p in prompts:
         (_, c1, s1), (_, c2, s2) = parse_caption(p)["objects"]
         assert c1 != c2 and s1 != s2
+
+
+def test_identical_word_maps_pass_by_mass_on_the_larger_object_only_and_never_by_density(tiny, monkeypatch):
+    """The density rate exists to expose this: flat maps score 50% by mass, from object sizes alone."""
+    from latentdiff.explain import alignment
+
+    side = tiny.config.unet.sample_size * tiny.config.vae.downsample_factor
+    small = np.zeros((side, side), bool)
+    small[: side // 4] = True  # object 0 covers a quarter of the image, object 1 the rest
+    monkeypatch.setattr(alignment, "_matched_masks", lambda image, named: [small, ~small])
+    monkeypatch.setattr(alignment, "word_map", lambda heat, word: torch.ones(heat.shape[1:]))
+    a = alignment.attention_alignment(tiny, n=3, steps=2, batch=2)
+    assert (a.prompts_scored, a.prompts_drawn, a.words_scored) == (3, 3, 12)
+    assert a.word_rate == 0.5 and a.density_rate == 0.0 and a.prompt_rate == 0.0
+    assert a.by_kind == {"colour": [3, 6], "shape": [3, 6]}

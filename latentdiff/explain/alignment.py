@@ -34,10 +34,19 @@ class Alignment:
     words_scored: int
     prompts_all_right: int  # prompts whose four words are all right
     by_kind: dict = field(default_factory=dict)  # "colour" / "shape" -> [right, scored]
+    # The same test on mean attention per pixel instead of total mass. Total mass favours the larger
+    # object whatever the word; if every word had the same map, by density at most half the words of
+    # a prompt could pass (one object is denser than the other for all four), so a rate far below
+    # the mass one says the word maps hardly differ and the mass rate comes from object sizes.
+    words_right_by_density: int = 0
 
     @property
     def word_rate(self) -> float:
         return self.words_right / max(self.words_scored, 1)
+
+    @property
+    def density_rate(self) -> float:
+        return self.words_right_by_density / max(self.words_scored, 1)
 
     @property
     def prompt_rate(self) -> float:
@@ -107,6 +116,10 @@ def attention_alignment(model: StableDiffusion, n: int = 100, steps: int = 20, g
             maps = {w.text: word_map(recorder.heat[i].cpu(), w) for w in words(model.tokenizer, prompt)}
             scored = word_masses(maps, masks, named)
             right = [own >= RATIO * other for _, own, other in scored]
+            areas = [int(m.sum()) for m in masks]  # scored lists object 0's two words, then object 1's
+            result.words_right_by_density += sum(
+                own / areas[j // 2] >= RATIO * other / areas[1 - j // 2] for j, (_, own, other) in enumerate(scored)
+            )
             for (kind, _, _), ok in zip(scored, right, strict=True):
                 result.by_kind[kind][0] += ok
                 result.by_kind[kind][1] += 1
