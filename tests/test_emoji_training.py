@@ -150,11 +150,38 @@ def test_the_model_folder_carries_its_clip(tmp_path):
     back = load_clip(tmp_path / "m")
     for key, value in clip.state_dict().items():
         torch.testing.assert_close(back.state_dict()[key], value)
+    assert not (tmp_path / "m" / "image_encoder" / "clip_text.safetensors").exists()  # the towers are one
     pixels = torch.randn(2, 3, 16, 16)
     theirs = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "m" / "image_encoder").eval()
     with torch.no_grad():
         ours = clip.visual_projection(clip.vision_model(pixels)[1])
         torch.testing.assert_close(theirs(pixel_values=pixels).image_embeds, ours, atol=1e-5, rtol=0)
+
+
+def test_the_clip_keeps_its_own_text_layers_beside_a_tower_trained_on(tmp_path):
+    """After `train unet` with train_text, text_encoder/ (the UNet's) differs from the CLIP's text tower:
+    save_clip keeps the CLIP's differing tensors, load_clip gives back the CLIP, the UNet's tower stays."""
+    from latentdiff.model import StableDiffusion
+    from latentdiff.weights import load, save
+    from latentdiff.weights.clip_folder import load_clip, save_clip
+    from latentdiff.weights.io import read_state_dict
+    from tests.tiny import clip_vision_config, sd_config
+
+    config = sd_config()
+    clip = CLIPModel(config.text, clip_vision_config(), 24)
+    model = StableDiffusion(config).eval()
+    model.text_encoder.load_state_dict(clip.text_model.state_dict())
+    with torch.no_grad():
+        model.text_encoder.encoder.layers[0].mlp.fc1.weight.add_(0.5)
+    save(model, tmp_path / "m")
+    save_clip(clip, tmp_path / "m")
+    own = read_state_dict(tmp_path / "m" / "image_encoder" / "clip_text.safetensors")[0]
+    assert list(own) == ["text_model.encoder.layers.0.mlp.fc1.weight"]
+    back = load_clip(tmp_path / "m")
+    for key, value in clip.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    unet_tower = load(tmp_path / "m").text_encoder.encoder.layers[0].mlp.fc1.weight
+    torch.testing.assert_close(unet_tower, model.text_encoder.encoder.layers[0].mlp.fc1.weight, rtol=0, atol=0)
 
 
 def test_evaluate_reports_the_emoji_bar_with_the_folder_clip(monkeypatch, tmp_path, capsys):

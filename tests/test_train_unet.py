@@ -16,7 +16,7 @@ from latentdiff.config import UNetConfig
 from latentdiff.model import StableDiffusion
 from latentdiff.train import unet
 from latentdiff.train.common import DataConfig, OptimConfig, RecipeError, shapes_tensors
-from latentdiff.weights import save
+from latentdiff.weights import load, save
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,31 @@ def test_unet_loop_overfits_a_tiny_pool(frozen, tmp_path):
     assert (tmp_path / "a" / "loss.png").exists()
 
 
-def test_unet_resume_continues_exactly(frozen, tmp_path):
-    straight = unet.train(_recipe(frozen, tmp_path / "straight"), quiet=True)
-    unet.train(_recipe(frozen, tmp_path / "resumed"), stop_at=3, quiet=True)
-    resumed = unet.train(_recipe(frozen, tmp_path / "resumed"), resume=True, quiet=True)
+def test_train_text_trains_the_towers_layers_with_the_unet(frozen, tmp_path):
+    """train_text: the loss falls, the tower's layers change, its embeddings do not, the model ships it."""
+    recipe = _recipe(frozen, tmp_path / "a", max_steps=120, warmup_steps=10)
+    recipe = dataclasses.replace(recipe, ckpt_every=120, train_text=True)
+    start = unet.train(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, max_steps=1),
+                                           out=str(tmp_path / "b")), quiet=True)  # fmt: skip
+    done = unet.train(recipe, quiet=True)
+    assert _fixed_loss(done, recipe) < 0.5 * _fixed_loss(start, recipe)
+    before = load(frozen).text_encoder.state_dict()
+    for shipped in (done["sd"], done["raw_sd"]):
+        after = shipped.text_encoder.state_dict()
+        for key in ("embeddings.token_embedding.weight", "embeddings.position_embedding.weight"):
+            assert torch.equal(after[key], before[key]), key
+        for key in ("encoder.layers.0.mlp.fc1.weight", "final_layer_norm.weight"):
+            assert not torch.equal(after[key], before[key]), key
+
+
+@pytest.mark.parametrize("train_text", [False, True])
+def test_unet_resume_continues_exactly(frozen, tmp_path, train_text):
+    def recipe(name: str) -> unet.UNetRecipe:
+        return dataclasses.replace(_recipe(frozen, tmp_path / name), train_text=train_text)
+
+    straight = unet.train(recipe("straight"), quiet=True)
+    unet.train(recipe("resumed"), stop_at=3, quiet=True)
+    resumed = unet.train(recipe("resumed"), resume=True, quiet=True)
     assert resumed["loss"] == straight["loss"]
     for key, value in straight["model"].state_dict().items():
         assert torch.equal(resumed["model"].state_dict()[key], value), key
@@ -103,12 +124,14 @@ run.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0
 net = torch.nn.parallel.DistributedDataParallel(run.model) if world > 1 else run.model
 run.loss_fn(net, rank, world).backward()
 if rank == 0:
-    torch.save({"seen": seen, **{k: p.grad for k, p in run.model.named_parameters()}}, sys.argv[2])
+    grads = {k: p.grad for k, p in run.model.named_parameters() if p.requires_grad}
+    torch.save({"seen": seen, **grads}, sys.argv[2])
 """
 
 
-def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path):
-    recipe = _recipe(frozen, tmp_path / "ddp")
+@pytest.mark.parametrize("train_text", [False, True])
+def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, train_text):
+    recipe = dataclasses.replace(_recipe(frozen, tmp_path / "ddp"), train_text=train_text)
     torch.save({f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, tmp_path / "recipe.pt")
     script = tmp_path / "gradient.py"
     script.write_text(_GRADIENT)
@@ -123,5 +146,6 @@ def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]  # torchrun's own report names the failing rank
     one, two = torch.load(one), torch.load(two)
     assert one.pop("seen") == [4] and two.pop("seen") == [2]  # each process ran half of the global batch
+    assert any(key.startswith("text_encoder.encoder.") for key in one) == train_text
     for key, grad in one.items():
         torch.testing.assert_close(two[key], grad, rtol=1e-4, atol=1e-6, msg=key)

@@ -8,6 +8,9 @@ diffusers folder) and stay frozen. Both are run once over the whole pool before 
   training does), times `scaling_factor` = 1 / (their std), so the diffusion sees unit variance;
 - text: the per-token states of the caption (B, 77, D), exactly what the UNet cross-attends to at
   sampling time, padding tokens included.
+With `train_text = true` the text tower's transformer layers train with the UNet, as LDM trains its
+text encoder jointly (Rombach et al. 2022, eq. 3): the captions' token ids are cached instead of
+their states, and the tower runs on every batch. Its token and position embeddings stay frozen.
 Per step: pick a batch, replace a `caption_dropout` share of the captions by the empty prompt (the
 same network then also learns the unconditional model that classifier-free guidance needs), draw
 t ~ U{0..T-1} and eps ~ N(0, I), noise the latents to x_t, and regress the UNet's output on eps
@@ -17,6 +20,7 @@ At the end the EMA UNet is assembled with the frozen parts into `<out>/model`, a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -85,6 +89,11 @@ class UNetRecipe:
     grounding_min_side: int = 1
     grounding_max_t: int = 1000
     init_from: str = ""  # a `train unet` run folder (its EMA) or a diffusers folder whose UNet starts this run
+    # Train the text tower's layers with the UNet (TextAndUNet). A contrastive CLIP trained on shapes reads
+    # captions nearly as bags of words: its states for "a red circle above a blue square" and "... below
+    # ..." have cosine 0.9993, so a frozen tower leaves the UNet no way to tell which object goes on top.
+    # To continue such a run, point both `clip` and `init_from` at its model folder.
+    train_text: bool = False
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     batch_size: int = 64
@@ -133,7 +142,37 @@ def frozen_text_encoder(path: str, weights: str = "ema") -> CLIPTextModel:
 
 def _init_unet(path: str) -> dict:
     found = _run_or_folder(path, "UNet", "latentdiff train unet --recipe recipes/unet_builtin.toml")
-    return found.unet.state_dict() if isinstance(found, StableDiffusion) else found[1]
+    return found.unet.state_dict() if isinstance(found, StableDiffusion) else split_states(found[1])[0]
+
+
+class TextAndUNet(torch.nn.Module):
+    """The UNet and the text tower it reads, trained as one model (recipe.train_text).
+
+    Called like the UNet but with token ids (B, 77) for the context, so the tower's gradient flows.
+    Only the tower's transformer layers and final norm train: the embeddings (6.3M of the built-in
+    tower's 7.1M weights, almost all of them rows of words the captions never use) stay as they are.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        text_encoder.requires_grad_(False)
+        text_encoder.encoder.requires_grad_(True)
+        text_encoder.final_layer_norm.requires_grad_(True)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t, self.text_encoder.encode(input_ids))
+
+
+def split_states(state: dict) -> tuple[dict, dict | None]:
+    """(UNet state, text tower state or None) of a trained model's state: a UNet's, or a TextAndUNet's."""
+    if not any(k.startswith("text_encoder.") for k in state):
+        return state, None
+    parts = {"unet.": {}, "text_encoder.": {}}
+    for k, v in state.items():
+        prefix = "unet." if k.startswith("unet.") else "text_encoder."
+        parts[prefix][k.removeprefix(prefix)] = v
+    return parts["unet."], parts["text_encoder."]
 
 
 def trained_clip(path: str, weights: str = "ema") -> CLIPModel | None:
@@ -151,16 +190,21 @@ def trained_clip(path: str, weights: str = "ema") -> CLIPModel | None:
 
 @torch.no_grad()
 def encode_pool(vae, text_encoder, images: torch.Tensor, captions: list[str], chunk: int = 256):
-    """The latent posterior (mean, std) of every image and the text states of every caption."""
+    """The latent posterior (mean, std) of every image and the text context of every caption: its
+    states (N, 77, D), or with text_encoder None its token ids (N, 77), for a tower that trains."""
     tokenizer = CLIPTokenizer.default()
-    means, stds, states = [], [], []
+
+    def context(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts).input_ids
+        return ids if text_encoder is None else text_encoder.encode(ids)
+
+    means, stds, contexts = [], [], []
     for start in range(0, len(images), chunk):
         posterior = vae.encode(images[start : start + chunk])
         means.append(posterior.mean)
         stds.append(posterior.std)
-        states.append(text_encoder.encode(tokenizer(captions[start : start + chunk]).input_ids))
-    empty = text_encoder.encode(tokenizer([""]).input_ids)
-    return torch.cat(means), torch.cat(stds), torch.cat(states), empty
+        contexts.append(context(captions[start : start + chunk]))
+    return torch.cat(means), torch.cat(stds), torch.cat(contexts), context([""])
 
 
 def latent_scale(means: torch.Tensor, stds: torch.Tensor) -> float:
@@ -169,8 +213,10 @@ def latent_scale(means: torch.Tensor, stds: torch.Tensor) -> float:
     return float(1 / samples.std())
 
 
-def assemble(recipe: UNetRecipe, unet_state: dict, vae, text_encoder, scale: float) -> StableDiffusion:
-    """The frozen VAE and text tower with a trained UNet: one StableDiffusion, ready to sample or save."""
+def assemble(recipe: UNetRecipe, state: dict, vae, text_encoder, scale: float) -> StableDiffusion:
+    """The frozen VAE and text tower with a trained UNet (or a trained TextAndUNet's state, whose own
+    text tower then replaces the frozen one): one StableDiffusion, ready to sample or save."""
+    unet_state, text_state = split_states(state)
     config = SDConfig(
         text=text_encoder.config,
         vae=dataclasses.replace(vae.config, scaling_factor=scale),
@@ -178,7 +224,7 @@ def assemble(recipe: UNetRecipe, unet_state: dict, vae, text_encoder, scale: flo
         scheduler=recipe.scheduler,
     )
     model = StableDiffusion(config)
-    model.text_encoder.load_state_dict(text_encoder.state_dict())
+    model.text_encoder.load_state_dict(text_encoder.state_dict() if text_state is None else text_state)
     model.vae.load_state_dict(vae.state_dict())
     model.unet.load_state_dict(unet_state)
     return model.eval()
@@ -205,7 +251,7 @@ def denoising_loss(net, x0: torch.Tensor, context: torch.Tensor, t: torch.Tensor
 class Setup:
     """Everything a run needs before its first step: the UNet, the loss, the frozen parts, the caches."""
 
-    model: UNet2DConditionModel
+    model: UNet2DConditionModel | TextAndUNet
     loss_fn: object  # loss_fn(net, rank, world), as common.fit calls it
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
@@ -226,16 +272,17 @@ def setup(recipe: UNetRecipe) -> Setup:
     if recipe.model.in_channels != vae.config.latent_channels:
         raise RecipeError(f"model.in_channels {recipe.model.in_channels} != the VAE's {vae.config.latent_channels}")
     images, captions = pool_tensors(recipe.data)
-    means, stds, states, empty = encode_pool(vae, text_encoder, images, captions)
+    # states: (N, 77, D) text states, or (N, 77) token ids when the tower trains (then so is `empty`)
+    means, stds, states, empty = encode_pool(vae, None if recipe.train_text else text_encoder, images, captions)
     del images  # only the latents are needed from here
     scale = latent_scale(means, stds)
     means, stds, states, empty = (t.to(dev) for t in (means, stds, states, empty))
     alpha_bar = alphas_cumprod(recipe.scheduler).float().to(dev)
     T = recipe.scheduler.num_train_timesteps
-    model = UNet2DConditionModel(recipe.model)
+    unet = UNet2DConditionModel(recipe.model)
     if recipe.init_from:
-        model.load_state_dict(_init_unet(recipe.init_from))
-    model = model.to(dev)
+        unet.load_state_dict(_init_unet(recipe.init_from))
+    model = (TextAndUNet(unet, copy.deepcopy(text_encoder)) if recipe.train_text else unet).to(dev)
     grounding = None
     if recipe.grounding_weight > 0:
         if recipe.data.source != "shapes":
@@ -251,11 +298,11 @@ def setup(recipe: UNetRecipe) -> Setup:
         eps, latent_noise = torch.randn(B, *means.shape[1:]), torch.randn(B, *means.shape[1:])
         idx, t, drop, eps, latent_noise = (shard(x, rank, world).to(dev) for x in (idx, t, drop, eps, latent_noise))
         x0 = (means[idx] + stds[idx] * latent_noise) * scale
-        context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
+        context = torch.where(drop.view(-1, *[1] * (states.ndim - 1)), empty, states[idx])
         if grounding is None:
             return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
         maps = []
-        with CrossAttentionMaps(model, lambda probs, hw: maps.append((probs, hw))):
+        with CrossAttentionMaps(unet, lambda probs, hw: maps.append((probs, hw))):
             loss = denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
         skip = drop | (t >= recipe.grounding_max_t)  # a dropped caption has no words to ground
         positions = torch.where(skip.view(-1, 1), -1, grounding[0][idx])

@@ -11,7 +11,11 @@ image_encoder/config.json        CLIPVisionModelWithProjection (transformers rea
 image_encoder/model.safetensors  vision_model.*, visual_projection.weight
 image_encoder/clip_head.safetensors  text_projection.weight, logit_scale (ours; transformers ignores it)
 image_encoder/preprocessor_config.json  input size and normalisation (our CLIPs read pixels in [-1, 1])
+image_encoder/clip_text.safetensors  only where the CLIP's text tower differs from text_encoder/ (ours)
 ```
+The last file is there when the UNet's text tower trained on after the CLIP did (`train unet` with
+`train_text`): it holds the CLIP's own text tensors that differ, its layers, so the CLIP still scores
+with the tower it was trained with while the UNet reads the one it was trained with.
 `open_clip_source` also reads a transformers CLIPModel folder (e.g. openai/clip-vit-base-patch32) and
 a `latentdiff train clip` run folder.
 """
@@ -32,6 +36,13 @@ from .errors import WeightsError
 from .io import load_into, read_state_dict, write_json, write_state_dict
 
 _HEAD_KEYS = ("text_projection.weight", "logit_scale")
+_OWN_TEXT = "clip_text.safetensors"
+
+
+def _folder_text_tower(folder: Path) -> dict[str, torch.Tensor]:
+    """text_encoder/'s weights under the CLIPModel's keys (text_model.*)."""
+    text_sd = _component_weights(folder / "text_encoder", "text_encoder", allow_pickle=False)
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_sd.items()}
 
 
 def has_clip(folder: str | Path) -> bool:
@@ -58,6 +69,16 @@ def save_clip(clip: CLIPModel, folder: str | Path, dtype: torch.dtype | None = N
     write_state_dict(image_side, out / "model.safetensors", {"format": "pt"})
     write_state_dict({k: sd[k] for k in _HEAD_KEYS}, out / "clip_head.safetensors", {"format": "pt"})
     write_json(config, out / "config.json")
+    folder_text = _folder_text_tower(folder)
+    own_text = {
+        k: v
+        for k, v in sd.items()
+        if k.startswith("text_model.") and k in folder_text and not torch.equal(v, folder_text[k].to(v.dtype))
+    }
+    if own_text:
+        write_state_dict(own_text, out / _OWN_TEXT, {"format": "pt"})
+    else:
+        (out / _OWN_TEXT).unlink(missing_ok=True)
     # [-1, 1] pixels, in the terms CLIPImageProcessor uses: (x - 0.5) / 0.5
     preprocess = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "do_center_crop": True,
                   "size": {"shortest_edge": vision.image_size},
@@ -79,8 +100,9 @@ def load_clip(folder: str | Path) -> CLIPModel:
     clip = CLIPModel(text, vision, cfg["projection_dim"])
     sd = read_state_dict(folder / "image_encoder" / "model.safetensors")[0]
     sd |= read_state_dict(folder / "image_encoder" / "clip_head.safetensors")[0]
-    text_sd = _component_weights(folder / "text_encoder", "text_encoder", allow_pickle=False)
-    sd |= {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_sd.items()}
+    sd |= _folder_text_tower(folder)
+    if (folder / "image_encoder" / _OWN_TEXT).is_file():
+        sd |= read_state_dict(folder / "image_encoder" / _OWN_TEXT)[0]
     load_into(clip, sd, str(folder))
     return clip.eval()
 
