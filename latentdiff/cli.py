@@ -267,7 +267,7 @@ def cmd_video(args) -> None:
 def cmd_evaluate(args) -> None:
     """The built-in model's bars, measured: shapes fidelity, emoji name ranking, the VAE's PSNR."""
     from .data.sources import DataMissingError
-    from .evaluate import emoji_bar, fidelity, shapes_prompts
+    from .evaluate import emoji_bar, fidelity, relation_directions, shapes_prompts
     from .train.common import DataConfig
     from .train.grid import save_grid
     from .train.vae import evaluate as vae_psnr
@@ -295,6 +295,8 @@ def cmd_evaluate(args) -> None:
     setting += f", deep cache every {args.deep_cache} calls (approximate)" if args.deep_cache > 1 else ""
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
+    directions = relation_directions(result.images, result.prompts)
+    print("two-object prompts, where the objects went: " + ", ".join(f"{n} {k}" for k, n in directions.items()))
     data = DataConfig(heldout=args.prompts)
     print(f"VAE held-out PSNR {vae_psnr(model.vae, data):.2f} dB (shapes, {args.prompts} scenes); "
           f"{reconstructions_hold(model.vae, data):.1%} of its reconstructions hold their caption")  # fmt: skip

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .data.shapes import caption_holds, sample_scene
+from .data.shapes import caption_holds, parse_caption, parse_image, region_relation, sample_scene
 from .pipeline import last_images, txt2img
 
 FIDELITY_SEED = 20_261_124  # the prompts of the fidelity bar: never a training seed
@@ -55,6 +55,32 @@ def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float =
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     held = [caption_holds(p, c) for p, c in zip(pixels, prompts, strict=True)]
     return Fidelity(sum(held) / len(held), held, prompts, images)
+
+
+OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",
+             "to the right of": "to the left of"}  # fmt: skip
+
+
+def relation_directions(images: torch.Tensor, prompts: list[str]) -> dict[str, int]:
+    """Where a two-object image puts its objects, whatever else is wrong with it: counts of "right"
+    (the named relation), "reversed" (its opposite), "other axis", and "unreadable" (not two regions,
+    or the named colours not found once each, so which object is which cannot be told)."""
+    counts = dict.fromkeys(("right", "reversed", "other axis", "unreadable"), 0)
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for image, prompt in zip(pixels, prompts, strict=True):
+        want = parse_caption(prompt)
+        if want["relation"] is None:
+            continue
+        _, regions = parse_image(image)
+        first = [r for r in regions if r.colour == want["objects"][0][1]]
+        second = [r for r in regions if r.colour == want["objects"][1][1]]
+        if len(regions) != 2 or len(first) != 1 or len(second) != 1 or first[0] is second[0]:
+            counts["unreadable"] += 1
+            continue
+        got = region_relation(first[0], second[0])
+        kind = "right" if got == want["relation"] else "reversed" if got == OPPOSITE[want["relation"]] else "other axis"
+        counts[kind] += 1
+    return counts
 
 
 def emoji_name_prompts(names: list[str]) -> list[str]:

@@ -29,3 +29,15 @@ def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
     table = (tmp_path / "out" / "sd_cpu.md").read_text()
     assert "Fast mode (opt-in approximation" in table
     assert "| unet-16-b2 |" in table and "Rerun:" in table
+
+
+def test_text_relations_probe_runs_on_a_tiny_model(tmp_path):
+    from latentdiff.model import StableDiffusion
+    from latentdiff.weights import save
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from text_relations import cosines
+
+    save(StableDiffusion.from_preset("tiny", seed=0), tmp_path / "tiny")
+    same, flipped = cosines(str(tmp_path / "tiny"), n=3)
+    assert -1 <= same <= 1 and -1 <= flipped <= 1 and same != flipped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from latentdiff.data.shapes import (
     MIN_OFFSET,
@@ -105,3 +106,22 @@ def test_larger_canvases_scale_and_bad_captions_fail():
         assert caption_holds(render(scene, canvas=128), scene.caption), scene.caption
     with pytest.raises(ValueError, match="not a shapes-world caption: 'a red hexagon'"):
         parse_caption("a red hexagon")
+
+
+def test_relation_directions_tells_right_reversed_and_other_axis():
+    from latentdiff.evaluate import relation_directions
+
+    images, captions = make_dataset(5, 200)
+    pairs = [(image, c) for image, c in zip(images, captions, strict=True) if parse_caption(c)["relation"]]
+    images, captions = np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+    def count(pixels: np.ndarray) -> dict[str, int]:
+        return relation_directions(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, captions)
+
+    truth = count(images)
+    assert truth["right"] > 0 and truth["reversed"] == truth["other axis"] == 0
+    vertical = np.array([parse_caption(c)["relation"] in ("above", "below") for c in captions])
+    mirrored = np.where(vertical[:, None, None, None], images[:, ::-1], images[:, :, ::-1])
+    assert count(mirrored) == {**truth, "right": 0, "reversed": truth["right"]}
+    assert count(images.transpose(0, 2, 1, 3)) == {**truth, "right": 0, "other axis": truth["right"]}
+    assert count(np.zeros_like(images))["unreadable"] == len(captions)

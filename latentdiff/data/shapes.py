@@ -275,7 +275,7 @@ def parse_caption(caption: str) -> dict:
     return {"objects": objects, "relation": g[3], "background": g[7]}
 
 
-def _region_relation(a: Region, b: Region) -> str:
+def region_relation(a: Region, b: Region) -> str:
     dx, dy = b.cx - a.cx, b.cy - a.cy
     if abs(dx) > abs(dy):
         return "to the left of" if dx > 0 else "to the right of"
@@ -296,6 +296,6 @@ def caption_holds(image: np.ndarray, caption: str) -> bool:
     orders = [regions] if len(regions) == 1 else [regions, regions[::-1]]
     for order in orders:
         if all(same(r, n) for r, n in zip(order, want["objects"], strict=True)):
-            if want["relation"] is None or _region_relation(order[0], order[1]) == want["relation"]:
+            if want["relation"] is None or region_relation(order[0], order[1]) == want["relation"]:
                 return True
     return False
