@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from latentdiff.config import UNetConfig
+from latentdiff.data.shapes import scenes
 from latentdiff.model import StableDiffusion
+from latentdiff.tokenizer import CLIPTokenizer
 from latentdiff.train import unet
 from latentdiff.train.common import DataConfig, OptimConfig, RecipeError, shapes_tensors
+from latentdiff.train.layout import layout_loss, layout_target
 from latentdiff.weights import load, save
 
 
@@ -91,10 +94,36 @@ def test_train_text_trains_the_towers_layers_with_the_unet(frozen, tmp_path):
             assert not torch.equal(after[key], before[key]), key
 
 
-@pytest.mark.parametrize("train_text", [False, True])
-def test_unet_resume_continues_exactly(frozen, tmp_path, train_text):
+def test_a_layout_run_trains_the_head_and_ships_without_it(frozen, tmp_path):
+    recipe = _recipe(frozen, tmp_path / "a", max_steps=120, warmup_steps=10)
+    recipe = dataclasses.replace(recipe, train_text=True, layout_weight=1.0, ckpt_every=120,
+                                 data=dataclasses.replace(recipe.data, pool=16))  # fmt: skip
+    start = unet.setup(recipe)
+    done = unet.train(recipe, quiet=True)
+    tokenizer = CLIPTokenizer.default()
+    pool = scenes(recipe.data.seed, recipe.data.pool, recipe.data.canvas)
+    ids = tokenizer([s.caption for s in pool]).input_ids
+    targets = torch.tensor([layout_target(s) for s in pool])
+
+    def layout_loss_of(model) -> float:
+        with torch.no_grad():
+            logits = model.layout_head(model.text_encoder.encode(ids))
+            return layout_loss(logits, ids, targets, tokenizer.eos_token_id).item()
+
+    assert layout_loss_of(done["model"]) < 0.5 * layout_loss_of(start.model)
+    assert not any("layout" in key for key in done["sd"].state_dict())
+    with pytest.raises(RecipeError, match="layout_weight needs train_text = true"):
+        unet.setup(dataclasses.replace(recipe, train_text=False))
+
+
+# the UNet alone; with the text tower's layers; and with them and the layout loss's head
+TEXT_MODES = [{}, {"train_text": True}, {"train_text": True, "layout_weight": 1.0}]
+
+
+@pytest.mark.parametrize("mode", TEXT_MODES, ids=["unet", "train_text", "layout"])
+def test_unet_resume_continues_exactly(frozen, tmp_path, mode):
     def recipe(name: str) -> unet.UNetRecipe:
-        return dataclasses.replace(_recipe(frozen, tmp_path / name), train_text=train_text)
+        return dataclasses.replace(_recipe(frozen, tmp_path / name), **mode)
 
     straight = unet.train(recipe("straight"), quiet=True)
     unet.train(recipe("resumed"), stop_at=3, quiet=True)
@@ -114,6 +143,7 @@ def test_unet_refuses_parts_that_do_not_fit(frozen, tmp_path):
 
 _GRADIENT = """
 import sys, torch
+from latentdiff.tokenizer import CLIPTokenizer
 from latentdiff.train import unet
 from latentdiff.train.common import init_distributed
 recipe = unet.UNetRecipe(**{k: v for k, v in torch.load(sys.argv[1], weights_only=False).items()})
@@ -129,9 +159,9 @@ if rank == 0:
 """
 
 
-@pytest.mark.parametrize("train_text", [False, True])
-def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, train_text):
-    recipe = dataclasses.replace(_recipe(frozen, tmp_path / "ddp"), train_text=train_text)
+@pytest.mark.parametrize("mode", TEXT_MODES, ids=["unet", "train_text", "layout"])
+def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, mode):
+    recipe = dataclasses.replace(_recipe(frozen, tmp_path / "ddp"), **mode)
     torch.save({f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, tmp_path / "recipe.pt")
     script = tmp_path / "gradient.py"
     script.write_text(_GRADIENT)
@@ -146,6 +176,7 @@ def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, train_tex
     assert done.returncode == 0, done.stderr[-3000:]  # torchrun's own report names the failing rank
     one, two = torch.load(one), torch.load(two)
     assert one.pop("seen") == [4] and two.pop("seen") == [2]  # each process ran half of the global batch
-    assert any(key.startswith("text_encoder.encoder.") for key in one) == train_text
+    assert any(key.startswith("text_encoder.encoder.") for key in one) == recipe.train_text
+    assert any(key.startswith("layout_head.") for key in one) == (recipe.layout_weight > 0)
     for key, grad in one.items():
         torch.testing.assert_close(two[key], grad, rtol=1e-4, atol=1e-6, msg=key)

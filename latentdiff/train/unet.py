@@ -38,6 +38,7 @@ from ..vae import AutoencoderKL
 from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, pool_tensors, shard
 from .grid import save_grid
 from .grounding import grounding_loss, grounding_targets
+from .layout import IGNORE, LayoutHead, layout_loss, layout_targets
 
 PREVIEW_PROMPTS = (
     "a red circle above a blue square",
@@ -95,6 +96,9 @@ class UNetRecipe:
     # object goes on top. (8,000 steps of this on the built-in model did not change that: 0.9998.)
     # To continue such a run, point both `clip` and `init_from` at its model folder.
     train_text: bool = False
+    # Weight of the layout loss on the training text tower (layout.py; needs train_text and shapes
+    # captions): its end and padding states must name which object goes first along the relation's axis.
+    layout_weight: float = 0.0
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     batch_size: int = 64
@@ -152,27 +156,34 @@ class TextAndUNet(torch.nn.Module):
     Called like the UNet but with token ids (B, 77) for the context, so the tower's gradient flows.
     Only the tower's transformer layers and final norm train: the embeddings (6.3M of the built-in
     tower's 7.1M weights, almost all of them rows of words the captions never use) stay as they are.
+    With `layout` it also carries the layout loss's head (layout.py), which trains but never ships.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel):
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, layout: bool = False):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
+        self.layout_head = LayoutHead(text_encoder.config.hidden_size) if layout else None
         text_encoder.requires_grad_(False)
         text_encoder.encoder.requires_grad_(True)
         text_encoder.final_layer_norm.requires_grad_(True)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t, t, self.text_encoder.encode(input_ids))
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor, with_layout: bool = False):
+        """The UNet's output; with_layout: (that, the layout head's logits (B, 77, 2, classes))."""
+        states = self.text_encoder.encode(input_ids)
+        out = self.unet(x_t, t, states)
+        return (out, self.layout_head(states)) if with_layout else out
 
 
 def split_states(state: dict) -> tuple[dict, dict | None]:
-    """(UNet state, text tower state or None) of a trained model's state: a UNet's, or a TextAndUNet's."""
+    """(UNet state, text tower state or None) of a trained model's state: a UNet's, or a TextAndUNet's
+    (whose layout head, a training aid only, is left out)."""
     if not any(k.startswith("text_encoder.") for k in state):
         return state, None
     parts = {"unet.": {}, "text_encoder.": {}}
     for k, v in state.items():
-        prefix = "unet." if k.startswith("unet.") else "text_encoder."
-        parts[prefix][k.removeprefix(prefix)] = v
+        prefix = next((p for p in parts if k.startswith(p)), None)
+        if prefix is not None:
+            parts[prefix][k.removeprefix(prefix)] = v
     return parts["unet."], parts["text_encoder."]
 
 
@@ -283,7 +294,15 @@ def setup(recipe: UNetRecipe) -> Setup:
     unet = UNet2DConditionModel(recipe.model)
     if recipe.init_from:
         unet.load_state_dict(_init_unet(recipe.init_from))
-    model = (TextAndUNet(unet, copy.deepcopy(text_encoder)) if recipe.train_text else unet).to(dev)
+    layout = None
+    if recipe.layout_weight > 0:
+        if not recipe.train_text or recipe.data.source != "shapes":
+            raise RecipeError('layout_weight needs train_text = true and shapes captions (data.source = "shapes")')
+        if recipe.grounding_weight > 0:
+            raise RecipeError("layout_weight and grounding_weight do not combine in one run; set one to 0")
+        layout = layout_targets(recipe.data, extra_rows=len(captions) - recipe.data.pool).to(dev)
+    model = TextAndUNet(unet, copy.deepcopy(text_encoder), layout is not None) if recipe.train_text else unet
+    model = model.to(dev)
     grounding = None
     if recipe.grounding_weight > 0:
         if recipe.data.source != "shapes":
@@ -300,6 +319,18 @@ def setup(recipe: UNetRecipe) -> Setup:
         idx, t, drop, eps, latent_noise = (shard(x, rank, world).to(dev) for x in (idx, t, drop, eps, latent_noise))
         x0 = (means[idx] + stds[idx] * latent_noise) * scale
         context = torch.where(drop.view(-1, *[1] * (states.ndim - 1)), empty, states[idx])
+        if layout is not None:  # the same forward pass also gives the layout head's logits
+            logits = []
+
+            def unet_and_layout(x_t, t, ids):
+                out, layout_logits = net(x_t, t, ids, with_layout=True)
+                logits.append(layout_logits)
+                return out
+
+            loss = denoising_loss(unet_and_layout, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+            targets = torch.where(drop.view(-1, 1), IGNORE, layout[idx])  # a dropped caption names nothing
+            end_id = text_encoder.config.eos_token_id
+            return loss + recipe.layout_weight * layout_loss(logits[0], context, targets, end_id)
         if grounding is None:
             return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
         maps = []
