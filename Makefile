@@ -50,6 +50,8 @@ builtin: setup
 	$(BIN)/latentdiff convert runs/unet_shapes_continue2/model models/shapes-64 --to diffusers --half --max-shard-mb 16
 	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_text.toml --resume
 	$(BIN)/latentdiff convert runs/unet_shapes_text/model models/shapes-64 --to diffusers --half --max-shard-mb 16
+	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_layout.toml --resume
+	$(BIN)/latentdiff convert runs/unet_shapes_layout/model models/shapes-64 --to diffusers --half --max-shard-mb 16
 	$(BIN)/latentdiff evaluate --model models/shapes-64 --grid out/evaluate.png
 
 clean:
