@@ -1,7 +1,7 @@
 """Layout supervision for the text tower: make its states say which object goes where.
 
 A CLIP text tower trained contrastively on shapes captions reads them as bags of words. Measured on
-the round-three built-in tower (`benchmarks/text_relations.py --probe`): a linear probe on its end
+the round-three built-in tower (`benchmarks/text_relations.py`, its probe): a linear probe on its end
 and padding states names the top (or left) object of a two-object caption no better than a coin
 toss between the two objects the caption names, so the UNet, which reads those states, cannot know
 which one to draw on top, and draws relations the wrong way round half the time. The same probe
