@@ -86,10 +86,11 @@ def _model_path(args) -> Path:
 
 
 # Sampling defaults: A1111's for real SD weights; for the built-in model, what measured best
-# (`latentdiff evaluate`: fidelity 40.0% at CFG 2.5 vs 35.0% at 4 and 29.7% at 7.5, 20 Euler steps).
+# (`latentdiff evaluate`: fidelity 40.0% at CFG 2.5 vs 35.0% at 4 and 29.7% at 7.5, 20 Euler steps;
+# Karras sigmas over SD's leading range: KARRAS_NOTE in the model card's table).
 DEFAULTS = {
-    "builtin": {"cfg_scale": 2.5, "sampler": "euler"},
-    "other": {"cfg_scale": 7.5, "sampler": "euler_ancestral"},
+    "builtin": {"cfg_scale": 2.5, "sampler": "euler", "karras": True},
+    "other": {"cfg_scale": 7.5, "sampler": "euler_ancestral", "karras": False},
 }
 
 
@@ -267,7 +268,7 @@ def cmd_video(args) -> None:
 def cmd_evaluate(args) -> None:
     """The built-in model's bars, measured: shapes fidelity, emoji name ranking, the VAE's PSNR."""
     from .data.sources import DataMissingError
-    from .evaluate import emoji_bar, fidelity, relation_directions, shapes_prompts
+    from .evaluate import FIDELITY_SEED, emoji_bar, fidelity, relation_directions, shapes_prompts
     from .train.common import DataConfig
     from .train.grid import save_grid
     from .train.vae import evaluate as vae_psnr
@@ -288,9 +289,11 @@ def cmd_evaluate(args) -> None:
     if not args.prompts:
         return
     model = load(folder)
-    setting = f"{args.steps} {args.sampler} steps, CFG {args.cfg_scale}"
+    sigmas = "karras" if args.karras else "default"
+    setting = f"{args.steps} {args.sampler} steps, {sigmas} sigmas, CFG {args.cfg_scale}"
     start = time.perf_counter()
-    result = fidelity(model, shapes_prompts(args.prompts), deep_cache=args.deep_cache, **sampling)
+    prompts = shapes_prompts(args.prompts, seed=FIDELITY_SEED if args.prompt_seed is None else args.prompt_seed)
+    result = fidelity(model, prompts, deep_cache=args.deep_cache, sigmas=sigmas, **sampling)
     seconds = time.perf_counter() - start
     setting += f", deep cache every {args.deep_cache} calls (approximate)" if args.deep_cache > 1 else ""
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
@@ -310,7 +313,7 @@ def cmd_evaluate(args) -> None:
         if not has_clip(folder):
             print("emoji name ranking: skipped (the model folder carries no CLIP image_encoder/)")
             return
-        emoji = emoji_bar(model, load_clip(folder), **sampling)
+        emoji = emoji_bar(model, load_clip(folder), sigmas=sigmas, **sampling)
     except DataMissingError as e:
         print(f"emoji: skipped ({e})")
         return
@@ -427,7 +430,9 @@ def _add_generation_args(p: argparse.ArgumentParser, default_out: str, prompt: b
                    help="default: 2.5 with the built-in model, 7.5 with --model")  # fmt: skip
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="default: euler with the built-in model, euler_ancestral (A1111's) with --model")  # fmt: skip
-    p.add_argument("--karras", action="store_true", help="Karras sigma spacing (more steps at low noise)")
+    p.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
+                   help="Karras sigma spacing, more steps at low noise (default: on with the built-in model, "
+                        "off with --model)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="image i of a batch uses seed + i")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=default_out, help="PNG path (numbered when --batch > 1)")
@@ -513,7 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=2.5)
     p.add_argument("--sampler", choices=list(SAMPLERS), default="euler")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--karras", action=argparse.BooleanOptionalAction, default=True,
+                   help="Karras sigma spacing, as the built-in model generates by default")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="the noise: image i uses seed + i")
+    p.add_argument("--prompt-seed", dest="prompt_seed", type=int, default=None,
+                   help="which prompts (default: the bar's); tune settings on another seed")  # fmt: skip
     p.add_argument("--grid", default=None, help="also write the first 64 images to this PNG")
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also score the cross-attention maps on N two-object prompts")  # fmt: skip

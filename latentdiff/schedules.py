@@ -118,19 +118,21 @@ def make_schedule(
     """The sigmas for `steps` sampling steps.
 
     sigmas="default" takes the training sigmas at the spaced timesteps. "karras" / "exponential"
-    respace the whole training range [sigma(0), sigma(T-1)], as k-diffusion and A1111 do (so the
-    timestep spacing does not apply), and read each sigma's timestep off the training table.
+    respace the range those timesteps span, from the first one's sigma down to the last one's, as
+    diffusers does, and read each sigma's timestep off the training table. With "linspace" spacing
+    and offset 0 that range is the whole training range [sigma(0), sigma(T-1)], as in k-diffusion
+    and A1111; SD's "leading" spacing starts lower (timestep 951 of 999 for 20 steps), which the
+    built-in model draws better from (see cli.DEFAULTS).
     final="zero" ends at a clean image; "sigma_min" ends at timestep 0's noise level.
     """
     if sigmas not in SIGMA_KINDS:
         raise ValueError(f"unknown sigma spacing {sigmas!r}; choose one of {', '.join(SIGMA_KINDS)}")
     table = train_sigmas(cfg)
-    if sigmas == "default":
-        t = spaced_timesteps(cfg.num_train_timesteps, steps, spacing, offset)
-        s = table[t.long()]
-    else:
+    t = spaced_timesteps(cfg.num_train_timesteps, steps, spacing, offset)
+    s = table[t.long()]
+    if sigmas != "default":
         respace = karras_sigmas if sigmas == "karras" else exponential_sigmas
-        s = respace(table[0].item(), table[-1].item(), steps)
+        s = respace(s.min().item(), s.max().item(), steps)
         t = sigma_to_t(s, table)
     last = {"zero": 0.0, "sigma_min": table[0].item()}[final]
     return Schedule(torch.cat([s, s.new_tensor([last])]), t)

@@ -48,6 +48,24 @@ def test_without_model_the_built_in_one_is_used_or_named_missing(tmp_path, monke
     assert f"the built-in model is missing ({tmp_path / 'gone'}); pass --model PATH" in capsys.readouterr().err
 
 
+def test_the_built_in_model_samples_with_its_own_defaults(tiny_folder, tmp_path, monkeypatch, capsys):
+    """Without --model: Euler, CFG 2.5 and Karras sigmas (measured best for it); with --model, A1111's."""
+    from latentdiff import cli
+
+    monkeypatch.setattr(cli, "BUILTIN_MODEL", tiny_folder)
+    common = ["--prompt", "a red circle", "--steps", "2", "--height", "16", "--width", "16"]
+    runs = {"builtin": [], "no-karras": ["--no-karras"], "model": ["--model", str(tiny_folder)]}
+    found = {}
+    for name, extra in runs.items():
+        assert main(["generate", *common, *extra, "--out", str(tmp_path / f"{name}.png")]) == 0
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / f"{name}.png")]) == 0
+        info = json.loads(capsys.readouterr().out)
+        found[name] = (info["Sampler"], info["CFG scale"], info.get("Schedule type"))
+    assert found == {"builtin": ("Euler", "2.5", "Karras"), "no-karras": ("Euler", "2.5", None),
+                     "model": ("Euler a", "7.5", None)}  # fmt: skip
+
+
 def test_generate_writes_per_image_seeds_that_a1111_readers_understand(tiny_folder, tmp_path, capsys):
     from sd_parsers import ParserManager
 
@@ -151,7 +169,8 @@ def test_evaluate_reports_fidelity_and_psnr(tiny_folder, tmp_path, capsys):
     args = ["evaluate", "--model", str(tiny_folder), "--prompts", "3", "--steps", "2", "--grid", str(grid)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, CFG 2.5;" in out  # random weights draw no shapes
+    # random weights draw no shapes
+    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, karras sigmas, CFG 2.5;" in out
     assert "VAE held-out PSNR" in out and grid.exists()
 
 

@@ -28,7 +28,8 @@ def dummy_unet(x_t: torch.Tensor, t: torch.Tensor, context=None) -> torch.Tensor
 
 # diffusers' settings for SD's "leading" spacing, and ours.
 LEADING, OURS_LEADING = {"steps_offset": 1, "timestep_spacing": "leading"}, {"spacing": "leading", "offset": 1}
-KARRAS = {"use_karras_sigmas": True, "timestep_spacing": "linspace"}  # whole training range, as ours
+KARRAS = {"use_karras_sigmas": True, "timestep_spacing": "linspace"}  # the whole training range
+OURS_WHOLE = {"spacing": "linspace", "offset": 0}  # ours over the whole range, as k-diffusion and A1111
 DDIM = {"set_alpha_to_one": False, "clip_sample": False}
 DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
@@ -45,19 +46,22 @@ CASES = {
     "euler-leading": ("euler", {}, "EulerDiscreteScheduler", LEADING, OURS_LEADING, "ve", False),
     "euler-trailing": ("euler", {}, "EulerDiscreteScheduler", {"timestep_spacing": "trailing"},
                        {"spacing": "trailing"}, "ve", False),
-    "euler-karras": ("euler", {}, "EulerDiscreteScheduler", KARRAS, {"sigmas": "karras"}, "ve", False),
+    "euler-karras": ("euler", {}, "EulerDiscreteScheduler", KARRAS, {**OURS_WHOLE, "sigmas": "karras"}, "ve", False),
+    # SD's leading spacing with Karras sigmas: the range shrinks to the spaced timesteps' (951..1 for 20 steps).
+    "euler-karras-leading": ("euler", {}, "EulerDiscreteScheduler", {**LEADING, "use_karras_sigmas": True},
+                             {**OURS_LEADING, "sigmas": "karras"}, "ve", False),
     "euler-exponential": ("euler", {}, "EulerDiscreteScheduler",
                           {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
-                          {"sigmas": "exponential"}, "ve", False),
+                          {**OURS_WHOLE, "sigmas": "exponential"}, "ve", False),
     "euler_ancestral-leading": ("euler_ancestral", {}, "EulerAncestralDiscreteScheduler", LEADING, OURS_LEADING,
                                 "ve", False),
     "heun-leading": ("heun", {}, "HeunDiscreteScheduler", LEADING, OURS_LEADING, "ve", False),
-    "heun-karras": ("heun", {}, "HeunDiscreteScheduler", KARRAS, {"sigmas": "karras"}, "ve", False),
+    "heun-karras": ("heun", {}, "HeunDiscreteScheduler", KARRAS, {**OURS_WHOLE, "sigmas": "karras"}, "ve", False),
     "dpmpp_2m-trailing": ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {**DPMPP, "timestep_spacing": "trailing"},
                           {"spacing": "trailing"}, "vp", False),
     # diffusers' DPM-Solver rounds Karras timesteps; quantize=True does the same.
     "dpmpp_2m-karras": ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {**DPMPP, "use_karras_sigmas": True},
-                        {"sigmas": "karras"}, "vp", True),
+                        {**OURS_WHOLE, "sigmas": "karras"}, "vp", True),
 }  # fmt: skip
 
 

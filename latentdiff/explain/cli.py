@@ -53,9 +53,10 @@ def cmd_explain(args) -> None:
         raise ValueError(f"--out {out}: exists and is not a folder")
     if args.batch != 1:
         raise ValueError("explain follows one image; leave --batch at 1")
-    sampling = _sampling(args)
-    if sampling["sigmas"] != "default":
+    if args.karras:
         raise ValueError("explain draws the default sigma spacing; leave out --karras")
+    args.karras = False  # even for the built-in model, whose generate default is Karras
+    _sampling(args)  # fills in the model's defaults on args
     image = _load_image(args.image)[0] if args.image else None
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     f = model.config.vae.downsample_factor

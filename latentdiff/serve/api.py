@@ -121,6 +121,7 @@ def make_router(worker: Worker, options: ServeOptions) -> APIRouter:
                 "width": native,
                 "height": native,
                 "sampler_name": A1111_SAMPLERS[defaults["sampler"]],
+                "scheduler": "Karras" if defaults["karras"] else "Automatic",
             },
             "latentdiff_limits": asdict(options.limits),
             "latentdiff_previews": worker.previews,

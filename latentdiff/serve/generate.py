@@ -38,7 +38,7 @@ class Generation:
     batch_size: int
     n_iter: int
     sampler: str | None  # ours: "euler_ancestral", ...
-    karras: bool
+    karras: bool | None  # None ("Automatic"): the model's default, Karras for the built-in model
     cfg_scale: float | None
     width: int | None
     height: int | None
@@ -47,8 +47,9 @@ class Generation:
     mask: Image.Image | None = None  # L, white = repaint
 
 
-def _parse_sampler(name: str | None, scheduler: str | None) -> tuple[str | None, bool]:
-    """A1111's sampler name (or ours; or A1111's older "<name> Karras") and scheduler -> (ours, karras)."""
+def _parse_sampler(name: str | None, scheduler: str | None) -> tuple[str | None, bool | None]:
+    """A1111's sampler name (or ours; or A1111's older "<name> Karras") and scheduler -> (ours, karras);
+    karras is None for "Automatic" (or no scheduler): the loaded model's default."""
     karras = False
     if name is not None and name.endswith(" Karras"):
         name, karras = name.removesuffix(" Karras"), True
@@ -59,7 +60,7 @@ def _parse_sampler(name: str | None, scheduler: str | None) -> tuple[str | None,
         name = _FROM_A1111.get(name, name)
     if scheduler is not None and scheduler.lower() not in ("automatic", "karras"):
         raise RequestError(f"scheduler: unknown scheduler {scheduler!r}; choose 'Automatic' or 'Karras'")
-    return name, karras or (scheduler or "").lower() == "karras"
+    return name, (karras or (scheduler or "").lower() == "karras") or None
 
 
 def _check_limits(width: int | None, height: int | None, steps: int, images: int, limits: Limits) -> None:
@@ -133,6 +134,7 @@ def _with_model_defaults(generation: Generation, model: StableDiffusion, entry: 
     return replace(
         generation,
         sampler=generation.sampler or entry.defaults["sampler"],
+        karras=generation.karras if generation.karras is not None else entry.defaults["karras"],
         cfg_scale=generation.cfg_scale if generation.cfg_scale is not None else entry.defaults["cfg_scale"],
         width=generation.width or native,
         height=generation.height or native,
