@@ -1,9 +1,10 @@
 """Text to one 64x64 image with the built-in model, latentdiff vs diffusers on the same folder.
 
 Whole txt2img: prompt encoding, the sampler's guided UNet steps (batch 2 per step for CFG), the VAE
-decode. Both run the same weights (the diffusers folder under models/) with the Euler sampler, the
-same step count and guidance, fp32 on the CPU, each in its own subprocess, alternating rounds so a
-shared machine's load drift hits both. Batched throughput (images/s at batch 8 and 32) is reported too.
+decode. Both run the same weights (the diffusers folder under models/) with the Euler sampler and
+Karras sigmas (the built-in model's default), the same step count and guidance, fp32 on the CPU,
+each in its own subprocess, alternating rounds so a shared machine's load drift hits both. Batched
+throughput (images/s at batch 8 and 32) is reported too.
 
     .venv/bin/python benchmarks/generate_speed.py                      # default settings, ~1 min
     .venv/bin/python benchmarks/generate_speed.py --steps 50 --threads 2
@@ -37,12 +38,13 @@ def runner(impl: str, model: str, steps: int, cfg: float):
 
         sd = load(model)
         return lambda batch: last_images(
-            txt2img(sd, [PROMPT] * batch, steps=steps, guidance_scale=cfg, sampler="euler", seed=0)
+            txt2img(sd, [PROMPT] * batch, steps=steps, guidance_scale=cfg, sampler="euler", sigmas="karras", seed=0)
         )
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    # The built-in model's default: Karras sigmas over SD's leading range (tests/test_pipeline.py: the same).
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
     return lambda batch: (
@@ -112,7 +114,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"# One 64x64 image: {args.steps} Euler steps, CFG {args.cfg}, {args.threads} CPU threads, fp32",
+        f"# One 64x64 image: {args.steps} Euler steps (Karras sigmas), CFG {args.cfg}, {args.threads} CPU threads, "
+        "fp32",
         "",
         "| | one image (s) | images/s, batch 8 | images/s, batch 32 |",
         "|---|---|---|---|",
