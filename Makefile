@@ -36,8 +36,8 @@ test: setup chromium
 # Stage one (about 2 h on a 2-core CPU) writes a first models/shapes-64 (float16, shards <= 16 MiB,
 # with its CLIP's image side); stage two (about 4.2 h) trains a sharper decoder for its frozen encoder,
 # then 9,000 and 15,000 more UNet steps on larger pools, then 8,000 with the text tower's layers training
-# too, 7,000 with the layout loss, then a second decoder and 4,500 more layout steps (round five), each
-# round overwriting models/shapes-64.
+# too, 7,000 with the layout loss, then a second decoder and 4,500 more layout steps (round five), then
+# 4,500 more on new scenes (round six), each round overwriting models/shapes-64.
 # recipes/*_builtin.toml (shapes and emoji, a 4x VAE) are the next built-in model, not trained yet.
 builtin: setup
 	$(BIN)/latentdiff train vae --recipe recipes/vae_shapes.toml --resume
@@ -56,6 +56,8 @@ builtin: setup
 	$(BIN)/latentdiff train vae --recipe recipes/vae_shapes_decoder2.toml --resume
 	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_layout2.toml --resume
 	$(BIN)/latentdiff convert runs/unet_shapes_layout2/model models/shapes-64 --to diffusers --half --max-shard-mb 16
+	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_layout3.toml --resume
+	$(BIN)/latentdiff convert runs/unet_shapes_layout3/model models/shapes-64 --to diffusers --half --max-shard-mb 16
 	$(BIN)/latentdiff evaluate --model models/shapes-64 --grid out/evaluate.png
 
 clean:
