@@ -33,11 +33,32 @@ class Step:
 
 
 Callback = Callable[[Step], None] | None
-Generators = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class SharedFrameNoise:
+    """Generators for video latents (B, C, F, h, w) whose noise shares `shared` of its variance
+    across frames: the mixed noise prior a video model may be trained with (train/video.py)."""
+
+    generators: torch.Generator | list[torch.Generator] | None
+    shared: float
+
+
+Generators = torch.Generator | list[torch.Generator] | SharedFrameNoise | None
+
+
+def mix_frame_noise(independent: torch.Tensor, common: torch.Tensor, shared: float) -> torch.Tensor:
+    """(B, C, F, h, w) per-frame noise and (B, C, 1, h, w) noise common to all frames -> standard
+    normal noise whose frames correlate by `shared` (Ge et al. 2023, "Preserve Your Own Correlation",
+    the mixed prior): frames start alike, so the model only has to add the motion between them."""
+    return (1 - shared) ** 0.5 * independent + shared**0.5 * common
 
 
 def noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     """Standard normal noise shaped like x, drawn on the CPU (per batch item for a list)."""
+    if isinstance(generator, SharedFrameNoise):
+        independent = noise_like(x, generator.generators)
+        return mix_frame_noise(independent, noise_like(x[:, :, :1], generator.generators), generator.shared)
     if isinstance(generator, list):
         return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generator]).to(x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)

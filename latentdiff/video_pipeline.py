@@ -16,7 +16,7 @@ import torch
 
 from .model import StableDiffusion
 from .pipeline import _check, _denoise, _prompts, sampling_schedule
-from .samplers import Step, noise_like
+from .samplers import SharedFrameNoise, Step, noise_like
 from .video_unet import VideoUNet
 
 
@@ -33,12 +33,18 @@ def txt2video(
     sigmas: str = "default",
     noise: torch.Tensor | None = None,
 ) -> Iterator[Step | torch.Tensor]:
-    """Video i of a batch uses seed + i for all of its noise; `noise` (B, C, F, h, w) replaces the start."""
+    """Video i of a batch uses seed + i for all of its noise; `noise` (B, C, F, h, w) replaces the start.
+
+    The noise (the start, and an ancestral sampler's fresh noise) follows the video UNet's prior:
+    `video_unet.shared_noise` of its variance common to all frames.
+    """
     h, w = _check(model, steps, sampler, None, None)
     if not 1 <= frames <= video_unet.max_frames:
         raise ValueError(f"frames must be between 1 and {video_unet.max_frames} (the video UNet's limit), got {frames}")
     prompts = _prompts(prompt, None)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    if video_unet.shared_noise:
+        generators = SharedFrameNoise(generators, video_unet.shared_noise)
     shape = (len(prompts), model.config.unet.out_channels, frames, h, w)
     if noise is None:
         noise = noise_like(torch.empty(shape, dtype=model.dtype), generators)

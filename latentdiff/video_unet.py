@@ -57,9 +57,14 @@ class TemporalAttention(nn.Module):
 class VideoUNet(nn.Module):
     """(B, C, F, H, W) noisy video latents, t, context -> (B, C_out, F, H, W), one text for all frames."""
 
-    def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False):
+    def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False, shared_noise: float = 0.0):
         super().__init__()
+        if not 0 <= shared_noise < 1:
+            raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
         self.config, self.max_frames, self.causal = cfg, max_frames, causal
+        # The share of the noise variance common to all frames that the model was trained with
+        # (samplers.mix_frame_noise); sampling draws its noise the same way. A setting, not a weight.
+        self.shared_noise = shared_noise
         self.unet = UNet2DConditionModel(cfg)
         self.temporal = nn.ModuleList(
             TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups)
@@ -67,15 +72,19 @@ class VideoUNet(nn.Module):
         )
 
     @classmethod
-    def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False):
+    def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False,
+                        shared_noise: float = 0.0):  # fmt: skip
         """A VideoUNet whose spatial layers are a copy of a trained 2D UNet; temporal layers start as identity."""
-        video = cls(image_unet.config, max_frames, causal)
+        video = cls(image_unet.config, max_frames, causal, shared_noise)
         video.unet.load_state_dict(image_unet.state_dict())
         return video
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
         B, C, frames, H, W = x_t.shape
-        x = x_t.transpose(1, 2).reshape(B * frames, C, H, W)  # frames folded into the batch
+        # Frames folded into the batch, in plain NCHW order: cached latents can arrive channels-last,
+        # and torch 2.13's CPU GroupNorm backward segfaults on a channels-last input that needs no
+        # gradient (what the first ResBlock gets when the image layers are frozen).
+        x = x_t.transpose(1, 2).reshape(B * frames, C, H, W).contiguous()
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(B) if t.ndim == 0 else t
         per_frame_t = t.repeat_interleave(frames)  # (B*F,)

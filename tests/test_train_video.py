@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from latentdiff.train import video
-from latentdiff.train.common import DataConfig, OptimConfig
+from latentdiff.train.common import DataConfig, OptimConfig, RecipeError
 from tests.test_train_unet import _recipe, frozen  # noqa: F401 (the fixture)
 
 
@@ -49,9 +50,58 @@ def test_the_video_trainer_resumes_exactly(frozen, tmp_path):  # noqa: F811
 
 
 def test_frames_past_max_frames_are_refused(frozen, tmp_path):  # noqa: F811
-    import pytest
-
-    from latentdiff.train.common import RecipeError
-
     with pytest.raises(RecipeError, match="frames must be between 1 and max_frames"):
         video.setup(dataclasses.replace(_video_recipe(frozen, tmp_path), frames=6))
+
+
+def test_frozen_image_layers_stay_put_while_the_temporal_layers_learn(frozen, tmp_path):  # noqa: F811
+    recipe = dataclasses.replace(_video_recipe(frozen, tmp_path, max_steps=4), spatial_lr_scale=0.0, shared_noise=0.5)
+    start, _, *_ = video.setup(recipe)
+    spatial = {k: v.clone() for k, v in start.unet.state_dict().items()}
+    trained = video.train(recipe, quiet=True)["model"]
+    for name, value in trained.unet.state_dict().items():
+        assert torch.equal(value, spatial[name]), name
+    assert any(p.abs().sum() > 0 for layer in trained.temporal for p in layer.to_out.parameters())
+
+
+def test_the_image_layers_learn_at_their_share_of_the_lr(frozen, tmp_path):  # noqa: F811
+    from latentdiff.train.common import load_last_checkpoint, lr_at
+
+    recipe = dataclasses.replace(_video_recipe(frozen, tmp_path, max_steps=10), spatial_lr_scale=0.25)
+    video.train(recipe, quiet=True)
+    groups = load_last_checkpoint(tmp_path)["optimizer"]["param_groups"]
+    assert sorted({g["lr_scale"] for g in groups}) == [0.25, 1.0]
+    for group in groups:  # the lr of the last step, scaled per group
+        assert group["lr"] == pytest.approx(lr_at(9, recipe.optim) * group["lr_scale"])
+
+
+def test_a_shared_noise_outside_0_to_1_is_refused(frozen, tmp_path):  # noqa: F811
+    with pytest.raises(RecipeError, match=r"shared_noise must be in \[0, 1\)"):
+        video.setup(dataclasses.replace(_video_recipe(frozen, tmp_path), shared_noise=1.0))
+    with pytest.raises(RecipeError, match="spatial_lr_scale must be 0 or more"):
+        video.setup(dataclasses.replace(_video_recipe(frozen, tmp_path), spatial_lr_scale=-1.0))
+
+
+def test_weighted_denoising_loss_weighs_each_samples_error():
+    from latentdiff.train.unet import denoising_loss
+
+    x0, eps = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    alpha_bar, t = torch.linspace(0.9, 0.1, 10), torch.tensor([1, 8])
+
+    def predicts_zero(x_t, t, context):
+        return torch.zeros_like(x_t)
+
+    plain = denoising_loss(predicts_zero, x0, None, t, eps, alpha_bar, "epsilon")
+    assert torch.allclose(denoising_loss(predicts_zero, x0, None, t, eps, alpha_bar, "epsilon", torch.ones(2)), plain)
+    weighted = denoising_loss(predicts_zero, x0, None, t, eps, alpha_bar, "epsilon", torch.tensor([2.0, 0.0]))
+    assert torch.allclose(weighted, eps[0].square().mean())  # (2 * error_0 + 0 * error_1) / 2
+
+
+def test_the_video_trainer_learns_with_high_noise_weighted(frozen, tmp_path):  # noqa: F811
+    recipe = dataclasses.replace(_video_recipe(frozen, tmp_path / "run"), v_weight_cap=50.0, shared_noise=0.5)
+    model, loss_fn, *_ = video.setup(recipe)
+    before = _fixed_loss(model, loss_fn)
+    after = _fixed_loss(video.train(recipe, quiet=True)["model"], loss_fn)
+    assert after < 0.7 * before, (before, after)
+    with pytest.raises(RecipeError, match=r"v_weight_cap must be 0 \(off\) or at least 1"):
+        video.setup(dataclasses.replace(recipe, v_weight_cap=0.5))

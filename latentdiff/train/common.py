@@ -146,12 +146,18 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # No weight decay on biases and norm weights (1-D tensors), as is usual for transformers and UNets.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr_scale=None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. lr_scale(name) -> float multiplies the schedule's lr for
+    that parameter (each group keeps its "lr_scale"; `fit` applies it); None: 1 for all."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # No weight decay on biases and norm weights (1-D tensors), as is usual for transformers and UNets.
+            groups.setdefault((p.ndim >= 2, 1.0 if lr_scale is None else float(lr_scale(name))), []).append(p)
+    order = sorted(groups, key=lambda key: (not key[0], key[1]))  # decayed first, as older checkpoints have it
+    param_groups = [{"params": groups[decay, scale], "weight_decay": cfg.weight_decay if decay else 0.0,
+                     "lr_scale": scale} for decay, scale in order]  # fmt: skip
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
 
 
 class EMA:
@@ -332,7 +338,7 @@ def shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: int | None = None,
-        quiet: bool = False, on_checkpoint=None) -> dict:  # fmt: skip
+        quiet: bool = False, on_checkpoint=None, lr_scale=None) -> dict:  # fmt: skip
     """The loop every trainer shares: AdamW with warmup + cosine, gradient accumulation and
     clipping, EMA, metrics (JSONL + loss.png), atomic checkpoints, exact resume from the last one.
 
@@ -341,11 +347,12 @@ def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: 
     wrapper under `torchrun`: call it, not the model, so gradients are averaged) on that share.
     recipe has .optim, .batch_size, .log_every, .ckpt_every, .out. stop_at ends the run early, as
     a kill would. on_checkpoint(step, ema_state) runs on rank 0 after each checkpoint (sample grids).
+    lr_scale(name) -> float: a per-parameter multiplier of the lr (make_optimizer).
     Returns the step, last loss, model and EMA.
     """
     out, o = Path(recipe.out), recipe.optim
     rank, world = init_distributed()
-    optimizer = make_optimizer(model, o)
+    optimizer = make_optimizer(model, o, lr_scale)
     ema = EMA(model, o.ema_decay)
     step = 0
     checkpoint = load_last_checkpoint(out) if resume else None
@@ -364,7 +371,7 @@ def fit(model: torch.nn.Module, loss_fn, recipe, resume: bool = False, stop_at: 
     start, loss_value = time.perf_counter(), float("nan")
     while step < o.max_steps and (stop_at is None or step < stop_at):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, o)
+            group["lr"] = lr_at(step, o) * group.get("lr_scale", 1.0)
         loss_value = 0.0
         for micro in range(o.grad_accum):
             # DDP averages gradients on the last micro-batch only; the others accumulate locally.

@@ -246,8 +246,10 @@ def assemble(recipe: UNetRecipe, state: dict, vae, text_encoder, scale: float) -
 
 
 def denoising_loss(net, x0: torch.Tensor, context: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                   alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:  # fmt: skip
-    """MSE between the UNet's output at x_t = q_sample(x0, t, eps) and what it should predict there."""
+                   alpha_bar: torch.Tensor, prediction_type: str,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """MSE between the UNet's output at x_t = q_sample(x0, t, eps) and what it should predict there;
+    `weights` (B,) weighs each sample's mean squared error."""
     x_t = q_sample(x0, t, eps, alpha_bar)
     if prediction_type == "epsilon":
         target = eps
@@ -256,7 +258,10 @@ def denoising_loss(net, x0: torch.Tensor, context: torch.Tensor, t: torch.Tensor
         target = a.sqrt() * eps - (1 - a).sqrt() * x0
     else:
         target = x0
-    return F.mse_loss(net(x_t, t, context), target)
+    if weights is None:
+        return F.mse_loss(net(x_t, t, context), target)
+    per_sample = (net(x_t, t, context) - target).square().flatten(1).mean(1)
+    return (weights * per_sample).mean()
 
 
 @dataclasses.dataclass
