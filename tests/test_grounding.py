@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from latentdiff.data.shapes import coverage, scenes
@@ -48,9 +49,11 @@ def test_loss_is_zero_inside_and_grows_with_the_attention_outside():
     assert grounding_loss([(uniform, (4, 4))], torch.tensor([[-1]]), masks).item() == 0.0  # nothing grounded
 
 
-def test_training_with_grounding_pulls_word_attention_onto_the_objects(frozen, tmp_path):  # noqa: F811
+# the UNet alone; and with the text tower's layers and the layout loss in the same forward pass
+@pytest.mark.parametrize("mode", [{}, {"train_text": True, "layout_weight": 1.0}], ids=["unet", "with_layout"])
+def test_training_with_grounding_pulls_word_attention_onto_the_objects(frozen, tmp_path, mode):  # noqa: F811
     recipe = _recipe(frozen, tmp_path / "run", max_steps=40, lr=3e-3)
-    recipe = dataclasses.replace(recipe, grounding_weight=1.0, caption_dropout=0.0,
+    recipe = dataclasses.replace(recipe, grounding_weight=1.0, caption_dropout=0.0, **mode,
                                  data=dataclasses.replace(recipe.data, canvas=32, pool=8))  # fmt: skip
     setup = unet.setup(recipe)  # the untrained UNet: train() starts from the same seeded init
     before = _grounding_on_the_pool(setup, recipe, setup.model)
@@ -64,9 +67,10 @@ def _grounding_on_the_pool(setup, recipe, model) -> float:
     images, captions = shapes_tensors(recipe.data)
     tok = CLIPTokenizer.default()
     x0 = setup.vae.encode(images).mean * setup.scale
-    context = setup.text_encoder.encode(tok(captions).input_ids)
+    text_encoder, unet_ = (model.text_encoder, model.unet) if recipe.train_text else (setup.text_encoder, model)
+    context = text_encoder.encode(tok(captions).input_ids)
     positions, masks = grounding_targets(recipe.data, tok, x0.shape[-1], extra_rows=0)
     maps = []
-    with CrossAttentionMaps(model, lambda probs, hw: maps.append((probs, hw))):
-        model(x0, torch.full((len(x0),), 300), context)
+    with CrossAttentionMaps(unet_, lambda probs, hw: maps.append((probs, hw))):
+        unet_(x0, torch.full((len(x0),), 300), context)
     return grounding_loss(maps, positions, masks).item()

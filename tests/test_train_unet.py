@@ -116,11 +116,14 @@ def test_a_layout_run_trains_the_head_and_ships_without_it(frozen, tmp_path):
         unet.setup(dataclasses.replace(recipe, train_text=False))
 
 
-# the UNet alone; with the text tower's layers; and with them and the layout loss's head
-TEXT_MODES = [{}, {"train_text": True}, {"train_text": True, "layout_weight": 1.0}]
+# the UNet alone; with the text tower's layers; with them and the layout loss's head; and with those
+# and the grounding loss on the same forward pass
+TEXT_MODES = [{}, {"train_text": True}, {"train_text": True, "layout_weight": 1.0},
+              {"train_text": True, "layout_weight": 1.0, "grounding_weight": 1.0}]  # fmt: skip
+MODE_IDS = ["unet", "train_text", "layout", "layout_grounding"]
 
 
-@pytest.mark.parametrize("mode", TEXT_MODES, ids=["unet", "train_text", "layout"])
+@pytest.mark.parametrize("mode", TEXT_MODES, ids=MODE_IDS)
 def test_unet_resume_continues_exactly(frozen, tmp_path, mode):
     def recipe(name: str) -> unet.UNetRecipe:
         return dataclasses.replace(_recipe(frozen, tmp_path / name), **mode)
@@ -159,7 +162,7 @@ if rank == 0:
 """
 
 
-@pytest.mark.parametrize("mode", TEXT_MODES, ids=["unet", "train_text", "layout"])
+@pytest.mark.parametrize("mode", TEXT_MODES, ids=MODE_IDS)
 def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, mode):
     recipe = dataclasses.replace(_recipe(frozen, tmp_path / "ddp"), **mode)
     torch.save({f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, tmp_path / "recipe.pt")

@@ -62,9 +62,14 @@ def grounding_targets(data: DataConfig, tokenizer: CLIPTokenizer, latent_side: i
 
 
 def grounding_loss(maps: list[tuple[torch.Tensor, tuple[int, int]]], positions: torch.Tensor,
-                   masks: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                   masks: torch.Tensor, count: float | None = None) -> torch.Tensor:  # fmt: skip
     """maps: (probs (B, N, T), (H, W)) per cross-attention call; positions (B, K), -1 for none;
-    masks (B, K, s, s). Returns TokenCompose's token loss, 0 when no word in the batch is grounded."""
+    masks (B, K, s, s). Returns TokenCompose's token loss, 0 when no word in the batch is grounded.
+
+    The mean over grounded words and layers, or, with `count`, the sum over `count` words (and the
+    layers): under DDP each process passes the global batch's grounded words / processes, so the
+    average of the processes' losses is the global batch's mean, whatever each shard holds.
+    """
     valid = positions >= 0  # (B, K)
     if not maps:
         return torch.zeros((), device=positions.device)
@@ -78,4 +83,6 @@ def grounding_loss(maps: list[tuple[torch.Tensor, tuple[int, int]]], positions: 
         a = probs.gather(2, positions.clamp_min(0)[:, None, :].expand(-1, N, -1)).transpose(1, 2)  # (B, K, N)
         share = (a * inside).sum(-1) / a.sum(-1).clamp_min(1e-8)  # (B, K)
         losses.append((1 - share)[valid] ** 2)
-    return torch.cat(losses).mean()
+    if count is None:
+        return torch.cat(losses).mean()
+    return torch.cat(losses).sum() / (count * len(maps))

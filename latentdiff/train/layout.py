@@ -69,11 +69,24 @@ def end_and_after(input_ids: torch.Tensor, end_id: int) -> torch.Tensor:
     return torch.arange(input_ids.shape[-1], device=input_ids.device) >= first[:, None]
 
 
-def layout_loss(logits: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, end_id: int) -> torch.Tensor:
-    """logits (B, L, 2, C) from LayoutHead, targets (B, 2) with IGNORE rows; 0 when nothing is labelled."""
-    where = end_and_after(input_ids, end_id) & (targets[:, :1] != IGNORE)  # (B, L)
+def layout_loss(logits: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, end_id: int,
+                count: float | None = None) -> torch.Tensor:  # fmt: skip
+    """logits (B, L, 2, C) from LayoutHead, targets (B, 2) with IGNORE rows; 0 when nothing is labelled.
+
+    The mean cross-entropy over the labelled states, or, with `count`, their sum over `count`: under
+    DDP each process passes the global batch's labelled count / processes, so the average of the
+    processes' losses (and gradients) is the global batch's mean, whatever each shard holds.
+    """
+    where = labelled(input_ids, targets, end_id)  # (B, L)
     if not where.any():
         return logits.sum() * 0  # zero, but still part of the graph (DDP wants every rank's graph alike)
     picked = logits[where]  # (n, 2, C)
     wanted = targets[:, None, :].expand(-1, input_ids.shape[-1], -1)[where]  # (n, 2)
-    return F.cross_entropy(picked.flatten(0, 1), wanted.flatten())
+    if count is None:
+        return F.cross_entropy(picked.flatten(0, 1), wanted.flatten())
+    return F.cross_entropy(picked.flatten(0, 1), wanted.flatten(), reduction="sum") / (2 * count)
+
+
+def labelled(input_ids: torch.Tensor, targets: torch.Tensor, end_id: int) -> torch.Tensor:
+    """(B, L): the states the layout loss reads, the end and padding states of labelled captions."""
+    return end_and_after(input_ids, end_id) & (targets[:, :1] != IGNORE)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from ..vae import AutoencoderKL
 from .common import DataConfig, OptimConfig, RecipeError, device, fit, load_last_checkpoint, pool_tensors, shard
 from .grid import save_grid
 from .grounding import grounding_loss, grounding_targets
-from .layout import IGNORE, LayoutHead, layout_loss, layout_targets
+from .layout import IGNORE, LayoutHead, labelled, layout_loss, layout_targets
 
 PREVIEW_PROMPTS = (
     "a red circle above a blue square",
@@ -303,8 +304,6 @@ def setup(recipe: UNetRecipe) -> Setup:
     if recipe.layout_weight > 0:
         if not recipe.train_text or recipe.data.source != "shapes":
             raise RecipeError('layout_weight needs train_text = true and shapes captions (data.source = "shapes")')
-        if recipe.grounding_weight > 0:
-            raise RecipeError("layout_weight and grounding_weight do not combine in one run; set one to 0")
         layout = layout_targets(recipe.data, extra_rows=len(captions) - recipe.data.pool).to(dev)
     model = TextAndUNet(unet, copy.deepcopy(text_encoder), layout is not None) if recipe.train_text else unet
     model = model.to(dev)
@@ -321,30 +320,45 @@ def setup(recipe: UNetRecipe) -> Setup:
         idx, t = torch.randint(len(means), (B,)), torch.randint(T, (B,))
         drop = torch.rand(B) < recipe.caption_dropout
         eps, latent_noise = torch.randn(B, *means.shape[1:]), torch.randn(B, *means.shape[1:])
+        whole = idx.to(dev), t.to(dev), drop.to(dev)  # the global batch, for the auxiliary losses' counts
         idx, t, drop, eps, latent_noise = (shard(x, rank, world).to(dev) for x in (idx, t, drop, eps, latent_noise))
         x0 = (means[idx] + stds[idx] * latent_noise) * scale
         context = torch.where(drop.view(-1, *[1] * (states.ndim - 1)), empty, states[idx])
+        forward, logits, maps = net, [], []
         if layout is not None:  # the same forward pass also gives the layout head's logits
-            logits = []
 
-            def unet_and_layout(x_t, t, ids):
+            def forward(x_t, t, ids):
                 out, layout_logits = net(x_t, t, ids, with_layout=True)
                 logits.append(layout_logits)
                 return out
 
-            loss = denoising_loss(unet_and_layout, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
-            targets = torch.where(drop.view(-1, 1), IGNORE, layout[idx])  # a dropped caption names nothing
+        # The grounding loss reads the cross-attention maps of that same pass.
+        capture = CrossAttentionMaps(unet, lambda probs, hw: maps.append((probs, hw)))
+        capture = capture if grounding is not None else nullcontext()
+        with capture:
+            loss = denoising_loss(forward, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
+        # Each auxiliary loss is a mean over what this shard holds (labelled states, grounded words),
+        # so it is normalised by the global batch's count instead: DDP's average is then exact.
+        if layout is not None:
             end_id = text_encoder.config.eos_token_id
-            return loss + recipe.layout_weight * layout_loss(logits[0], context, targets, end_id)
-        if grounding is None:
-            return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
-        maps = []
-        with CrossAttentionMaps(unet, lambda probs, hw: maps.append((probs, hw))):
-            loss = denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type)
-        skip = drop | (t >= recipe.grounding_max_t)  # a dropped caption has no words to ground
-        positions = torch.where(skip.view(-1, 1), -1, grounding[0][idx])
-        maps = [(probs, hw) for probs, hw in maps if min(hw) >= recipe.grounding_min_side]
-        return loss + recipe.grounding_weight * grounding_loss(maps, positions, grounding[1][idx])
+
+            def layout_batch(idx, drop):
+                ids = torch.where(drop.view(-1, 1), empty, states[idx])
+                return ids, torch.where(drop.view(-1, 1), IGNORE, layout[idx])  # a dropped caption names nothing
+
+            count = labelled(*layout_batch(whole[0], whole[2]), end_id).sum().item() / world
+            loss = loss + recipe.layout_weight * layout_loss(logits[0], *layout_batch(idx, drop), end_id, count)
+        if grounding is not None:
+
+            def grounded(idx, t, drop):
+                skip = drop | (t >= recipe.grounding_max_t)  # a dropped caption has no words to ground
+                return torch.where(skip.view(-1, 1), -1, grounding[0][idx])
+
+            count = (grounded(*whole) >= 0).sum().item() / world
+            maps = [(probs, hw) for probs, hw in maps if min(hw) >= recipe.grounding_min_side]
+            positions = grounded(idx, t, drop)
+            loss = loss + recipe.grounding_weight * grounding_loss(maps, positions, grounding[1][idx], count)
+        return loss
 
     return Setup(model, loss_fn, vae.to(dev), text_encoder.to(dev), scale, dev)
 
