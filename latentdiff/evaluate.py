@@ -37,23 +37,28 @@ class Fidelity:
 
 @torch.no_grad()
 def generate(model, prompts: list[str], steps: int, guidance_scale: float, sampler: str, seed: int,
-             batch: int = 50, deep_cache: int = 1, sigmas: str = "karras") -> torch.Tensor:  # fmt: skip
+             batch: int = 50, deep_cache: int = 1, sigmas: str = "karras",
+             guidance_max_sigma: float | None = None) -> torch.Tensor:  # fmt: skip
     """One image per prompt (seed + i for the i-th), `batch` at a time: (N, 3, H, W) in [0, 1]."""
     chunks = []
     for start in range(0, len(prompts), batch):
         states = txt2img(model, prompts[start : start + batch], steps=steps, guidance_scale=guidance_scale,
-                         sampler=sampler, seed=seed + start, deep_cache=deep_cache, sigmas=sigmas)  # fmt: skip
+                         sampler=sampler, seed=seed + start, deep_cache=deep_cache, sigmas=sigmas,
+                         guidance_max_sigma=guidance_max_sigma)  # fmt: skip
         chunks.append(last_images(states).float().cpu())
     return torch.cat(chunks)
 
 
 @torch.no_grad()
 def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float = 2.5, sampler: str = "euler",
-             seed: int = 0, batch: int = 50, deep_cache: int = 1, sigmas: str = "karras") -> Fidelity:  # fmt: skip
+             seed: int = 0, batch: int = 50, deep_cache: int = 1, sigmas: str = "karras",
+             guidance_max_sigma: float | None = None) -> Fidelity:  # fmt: skip
     """Generate one image per prompt (seed + i each) and check it against its caption.
 
-    The defaults are the built-in model's (cli.DEFAULTS): 20 Euler steps, CFG 2.5, Karras sigmas."""
-    images = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, deep_cache, sigmas)
+    The defaults are the built-in model's (cli.DEFAULTS): 20 Euler steps, CFG 2.5, Karras sigmas,
+    except that guidance runs at every step unless guidance_max_sigma says otherwise."""
+    images = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, deep_cache, sigmas,
+                      guidance_max_sigma)  # fmt: skip
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     held = [caption_holds(p, c) for p, c in zip(pixels, prompts, strict=True)]
     return Fidelity(sum(held) / len(held), held, prompts, images)
@@ -115,7 +120,8 @@ class EmojiScore:
 
 @torch.no_grad()
 def emoji_bar(model, clip, n: int = 190, steps: int = 20, guidance_scale: float = 2.5, sampler: str = "euler",
-              seed: int = 0, batch: int = 50, sigmas: str = "karras") -> EmojiScore:  # fmt: skip
+              seed: int = 0, batch: int = 50, sigmas: str = "karras",
+              guidance_max_sigma: float | None = None) -> EmojiScore:  # fmt: skip
     """Generate each emoji from its base caption; how often does `clip` rank its name in the top 5?
 
     Up to n held-out emoji and n training emoji (an evenly spaced pick, fixed) are generated."""
@@ -128,7 +134,8 @@ def emoji_bar(model, clip, n: int = 190, steps: int = 20, guidance_scale: float 
     for idx in picks:
         names = [emoji.names[i] for i in idx]
         prompts = emoji_name_prompts(names)
-        generated = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, sigmas=sigmas)
+        generated = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, sigmas=sigmas,
+                             guidance_max_sigma=guidance_max_sigma)  # fmt: skip
         scores.append(emoji_top5(clip, generated * 2 - 1, names, emoji.names))
         images.append(generated)
     return EmojiScore(scores[0], scores[1], torch.cat(images))

@@ -38,12 +38,17 @@ def format_parameters(prompt: str, negative_prompt: str, settings: dict[str, obj
 
 def image_parameters(prompt: str, negative_prompt: str, *, steps: int, sampler: str, karras: bool, cfg_scale: float,
                      seed: int, size: tuple[int, int], model: str, strength: float | None = None,
-                     mask: bool = False) -> str:  # fmt: skip
-    """The `parameters` text of one generated image, in A1111's order: what the CLI and the server write."""
+                     mask: bool = False, cfg_max_sigma: float | None = None) -> str:  # fmt: skip
+    """The `parameters` text of one generated image, in A1111's order: what the CLI and the server write.
+
+    cfg_max_sigma (ours, no A1111 key): guidance ran only at noise levels up to it."""
     settings: dict[str, object] = {"Steps": steps, "Sampler": A1111_SAMPLERS[sampler]}
     if karras:
         settings["Schedule type"] = "Karras"
-    settings |= {"CFG scale": cfg_scale, "Seed": seed, "Size": f"{size[0]}x{size[1]}", "Model": model}
+    settings["CFG scale"] = cfg_scale
+    if cfg_max_sigma is not None:
+        settings["CFG max sigma"] = cfg_max_sigma
+    settings |= {"Seed": seed, "Size": f"{size[0]}x{size[1]}", "Model": model}
     if strength is not None:
         settings["Denoising strength"] = strength
     if mask:

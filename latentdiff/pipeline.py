@@ -78,11 +78,14 @@ def txt2img(
     sigmas: str = "default",
     batch: int | None = None,
     deep_cache: int = 1,
+    guidance_max_sigma: float | None = None,
 ) -> Iterator[Step | torch.Tensor]:
     """Text -> images. `batch` repeats a single prompt; a list of prompts is one image each.
 
     deep_cache N > 1: an approximation, faster: the UNet's deep levels run on every N-th call only
-    (unet.DeepFeatures); 1 is the exact path."""
+    (unet.DeepFeatures); 1 is the exact path.
+    guidance_max_sigma: guide only the steps at noise levels <= this (denoisers.GuidedDenoiser); the
+    noisier steps run the conditional half alone. None guides every step."""
     h, w = _check(model, steps, sampler, height, width)
     prompts = _prompts(prompt, batch)
     schedule = sampling_schedule(model, steps, sampler, sigmas)
@@ -90,7 +93,7 @@ def txt2img(
     x = noise * (1 + schedule.sigmas[0] ** 2).sqrt().to(model.dtype)
     unet = DeepFeatures(model.unet, deep_cache) if deep_cache != 1 else None
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, schedule.sigmas, x, generators,
-                    unet=unet)  # fmt: skip
+                    unet=unet, guidance_max_sigma=guidance_max_sigma)  # fmt: skip
 
 
 def _image_batch(model, prompt, image: torch.Tensor, steps: int, sampler: str, strength: float):
@@ -130,6 +133,7 @@ def img2img(
     seed: int = 0,
     sampler: str = "euler_ancestral",
     sigmas: str = "default",
+    guidance_max_sigma: float | None = None,
 ) -> Iterator[Step | torch.Tensor]:
     """Text + image -> image: noise the image's latent to `strength` of the way, then denoise.
 
@@ -141,7 +145,8 @@ def img2img(
     tail = _strength_tail(sampling_schedule(model, steps, sampler, sigmas), steps, strength)
     x0 = _encode(model, image * 2 - 1, generators)
     x = x0 + noise_like(x0, generators) * tail[0].to(model.dtype) if len(tail) > 1 else x0
-    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators)
+    return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators,
+                    guidance_max_sigma=guidance_max_sigma)  # fmt: skip
 
 
 def inpaint(
@@ -156,6 +161,7 @@ def inpaint(
     seed: int = 0,
     sampler: str = "euler_ancestral",
     sigmas: str = "default",
+    guidance_max_sigma: float | None = None,
 ) -> Iterator[Step | torch.Tensor]:
     """Repaint where mask is 1 (white), keep the rest.
 
@@ -187,14 +193,15 @@ def inpaint(
     latent_mask = torch.nn.functional.interpolate(mask, size=shape[2:])  # nearest
     if blend:
         return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators,
-                        keep=(x0, noise, latent_mask))  # fmt: skip
+                        keep=(x0, noise, latent_mask), guidance_max_sigma=guidance_max_sigma)  # fmt: skip
     return _denoise(model, prompts, negative_prompt, guidance_scale, sampler, tail, x, generators,
-                    extra_channels=torch.cat([latent_mask, masked], dim=1))  # fmt: skip
+                    extra_channels=torch.cat([latent_mask, masked], dim=1),
+                    guidance_max_sigma=guidance_max_sigma)  # fmt: skip
 
 
 @torch.no_grad()
 def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x, generators,
-             keep=None, extra_channels=None, unet=None):  # fmt: skip
+             keep=None, extra_channels=None, unet=None, guidance_max_sigma=None):  # fmt: skip
     """Run the sampler with guidance, yield its steps, then decode.
 
     keep=(x0, noise, mask): latent blending; after each step the region where mask is 0 is reset to
@@ -213,7 +220,11 @@ def _denoise(model, prompts, negative_prompt, guidance_scale, sampler, sigmas, x
     denoiser = Denoiser(unet, train_sigmas(scheduler).to(model.device), scheduler.prediction_type)
     context = model.encode_prompt(prompts)
     uncond = model.encode_prompt([negative_prompt] * len(prompts))
-    guided = GuidedDenoiser(denoiser, context, uncond, guidance_scale)
+    if guidance_max_sigma is not None and not guidance_max_sigma >= 0:
+        raise ValueError(
+            f"guidance_max_sigma must be a noise level >= 0 or None (guide every step), got {guidance_max_sigma}"
+        )
+    guided = GuidedDenoiser(denoiser, context, uncond, guidance_scale, guidance_max_sigma)
     sigmas = sigmas.to(model.device, model.dtype)
     for step in get_sampler(sampler).steps(guided, x, sigmas, generator=generators):
         if keep is not None:

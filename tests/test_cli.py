@@ -49,21 +49,28 @@ def test_without_model_the_built_in_one_is_used_or_named_missing(tmp_path, monke
 
 
 def test_the_built_in_model_samples_with_its_own_defaults(tiny_folder, tmp_path, monkeypatch, capsys):
-    """Without --model: Euler, CFG 2.5 and Karras sigmas (measured best for it); with --model, A1111's."""
+    """Without --model: Euler, CFG 2.5 at sigma <= 15 and Karras sigmas (measured best for it); with --model,
+    A1111's (guided at every step)."""
     from latentdiff import cli
 
     monkeypatch.setattr(cli, "BUILTIN_MODEL", tiny_folder)
     common = ["--prompt", "a red circle", "--steps", "2", "--height", "16", "--width", "16"]
-    runs = {"builtin": [], "no-karras": ["--no-karras"], "model": ["--model", str(tiny_folder)]}
+    model = ["--model", str(tiny_folder)]
+    runs = {"builtin": [], "no-karras": ["--no-karras"], "model": model, "always": ["--cfg-max-sigma", "inf"],
+            "model-interval": [*model, "--cfg-max-sigma", "3"]}  # fmt: skip
     found = {}
     for name, extra in runs.items():
         assert main(["generate", *common, *extra, "--out", str(tmp_path / f"{name}.png")]) == 0
         capsys.readouterr()
         assert main(["info", str(tmp_path / f"{name}.png")]) == 0
         info = json.loads(capsys.readouterr().out)
-        found[name] = (info["Sampler"], info["CFG scale"], info.get("Schedule type"))
-    assert found == {"builtin": ("Euler", "2.5", "Karras"), "no-karras": ("Euler", "2.5", None),
-                     "model": ("Euler a", "7.5", None)}  # fmt: skip
+        found[name] = (info["Sampler"], info["CFG scale"], info.get("Schedule type"), info.get("CFG max sigma"))
+    assert found == {"builtin": ("Euler", "2.5", "Karras", "15.0"), "no-karras": ("Euler", "2.5", None, "15.0"),
+                     "model": ("Euler a", "7.5", None, None), "always": ("Euler", "2.5", "Karras", None),
+                     "model-interval": ("Euler a", "7.5", None, "3.0")}  # fmt: skip
+    assert main(["generate", *common, "--cfg-max-sigma", "-1", "--out", str(tmp_path / "bad.png")]) == 2
+    assert "--cfg-max-sigma must be a noise level >= 0 (inf: guide every step), got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_generate_writes_per_image_seeds_that_a1111_readers_understand(tiny_folder, tmp_path, capsys):
@@ -170,7 +177,7 @@ def test_evaluate_reports_fidelity_and_psnr(tiny_folder, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     # random weights draw no shapes
-    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, karras sigmas, CFG 2.5;" in out
+    assert "shapes fidelity 0.0% (0/3 prompts; 2 euler steps, karras sigmas, CFG 2.5 at sigma <= 15;" in out
     assert "VAE held-out PSNR" in out and grid.exists()
 
 

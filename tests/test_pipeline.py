@@ -159,3 +159,25 @@ def test_long_prompts_warn_naming_the_dropped_words():
     model = StableDiffusion.from_preset("tiny")
     with pytest.warns(PromptTruncatedWarning, match='15 over the 75-token limit; dropped: "a red circle'):
         txt2img(model, "a red circle " * 30, steps=1, height=16, width=16).__next__()
+
+
+def test_guidance_interval_runs_the_noisy_steps_unguided(pair):
+    """guidance_max_sigma: steps above it run the conditional half alone (batch 1), the rest guided."""
+    ours, _ = pair
+    run = dict(steps=4, guidance_scale=5.0, height=32, width=32, seed=3, sampler="euler", sigmas="karras")
+    sigmas = [s.sigma for s in list(txt2img(ours, PROMPT, **run))[:-1]]
+    batches = []
+    hook = ours.unet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    try:
+        between = float((sigmas[1] + sigmas[2]) / 2)  # the first two steps above it, the last two below
+        mixed = list(txt2img(ours, PROMPT, guidance_max_sigma=between, **run))[-1]
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 2, 2]
+    always = list(txt2img(ours, PROMPT, **run))[-1]
+    assert torch.equal(list(txt2img(ours, PROMPT, guidance_max_sigma=1e9, **run))[-1], always)
+    never = list(txt2img(ours, PROMPT, **{**run, "guidance_scale": 1.0}))[-1]
+    assert torch.equal(list(txt2img(ours, PROMPT, guidance_max_sigma=0.0, **run))[-1], never)
+    assert not torch.equal(mixed, always) and not torch.equal(mixed, never)
+    with pytest.raises(ValueError, match="guidance_max_sigma must be a noise level >= 0"):
+        list(txt2img(ours, PROMPT, guidance_max_sigma=-1.0, **run))

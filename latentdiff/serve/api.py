@@ -122,6 +122,7 @@ def make_router(worker: Worker, options: ServeOptions) -> APIRouter:
                 "height": native,
                 "sampler_name": A1111_SAMPLERS[defaults["sampler"]],
                 "scheduler": "Karras" if defaults["karras"] else "Automatic",
+                "cfg_max_sigma": defaults["cfg_max_sigma"],  # guidance only up to this noise level; None: always
             },
             "latentdiff_limits": asdict(options.limits),
             "latentdiff_previews": worker.previews,

@@ -44,6 +44,7 @@ class Generation:
     height: int | None
     strength: float | None = None
     image: Image.Image | None = None  # RGB, already width x height
+    cfg_max_sigma: float | None = None  # not a request field: the model's default (cli.DEFAULTS), set by `run`
     mask: Image.Image | None = None  # L, white = repaint
 
 
@@ -121,7 +122,8 @@ def parameters_text(generation: Generation, seed: int, size: tuple[int, int], mo
     g = generation
     return image_parameters(g.prompt, g.negative_prompt, steps=g.steps, sampler=g.sampler, karras=g.karras,
                             cfg_scale=g.cfg_scale, seed=seed, size=size, model=model_title,
-                            strength=None if g.mode == "txt2img" else g.strength, mask=g.mode == "inpaint")  # fmt: skip
+                            strength=None if g.mode == "txt2img" else g.strength, mask=g.mode == "inpaint",
+                            cfg_max_sigma=g.cfg_max_sigma)  # fmt: skip
 
 
 def native_size(model: StableDiffusion) -> int:
@@ -136,6 +138,7 @@ def _with_model_defaults(generation: Generation, model: StableDiffusion, entry: 
         sampler=generation.sampler or entry.defaults["sampler"],
         karras=generation.karras if generation.karras is not None else entry.defaults["karras"],
         cfg_scale=generation.cfg_scale if generation.cfg_scale is not None else entry.defaults["cfg_scale"],
+        cfg_max_sigma=entry.defaults["cfg_max_sigma"],
         width=generation.width or native,
         height=generation.height or native,
     )
@@ -168,7 +171,8 @@ def _pipeline(model: StableDiffusion, generation: Generation, seed: int):
     """The CLI's calls (cli.cmd_generate / cmd_img2img / cmd_inpaint), so the same seed gives the same pixels."""
     g = generation
     sampling = dict(negative_prompt=g.negative_prompt, steps=g.steps, guidance_scale=g.cfg_scale, seed=seed,
-                    sampler=g.sampler, sigmas="karras" if g.karras else "default")  # fmt: skip
+                    sampler=g.sampler, sigmas="karras" if g.karras else "default",
+                    guidance_max_sigma=g.cfg_max_sigma)  # fmt: skip
     prompts = [g.prompt] * g.batch_size
     if g.mode == "txt2img":
         return txt2img(model, g.prompt, height=g.height, width=g.width, batch=g.batch_size, **sampling)
