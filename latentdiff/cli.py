@@ -450,17 +450,16 @@ def _add_generation_args(p: argparse.ArgumentParser, default_out: str, prompt: b
     p.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
                    help="Karras sigma spacing, more steps at low noise (default: on with the built-in model, "
                         "off with --model)")  # fmt: skip
-    _add_cfg_max_sigma_arg(p, default=None)
+    _add_cfg_max_sigma_arg(p, None, "15 with the built-in model, inf with --model")
     p.add_argument("--seed", type=int, default=0, help="image i of a batch uses seed + i")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=default_out, help="PNG path (numbered when --batch > 1)")
 
 
-def _add_cfg_max_sigma_arg(p: argparse.ArgumentParser, default: float | None) -> None:
+def _add_cfg_max_sigma_arg(p: argparse.ArgumentParser, default: float | None, default_text: str) -> None:
     p.add_argument("--cfg-max-sigma", dest="cfg_max_sigma", type=float, default=default, metavar="SIGMA",
                    help="guide only the steps at noise levels <= SIGMA (a guidance interval; the noisier "
-                        "steps cost half); inf guides every step (default: 15 with the built-in model, "
-                        "inf with --model)")  # fmt: skip
+                        f"steps cost half); inf guides every step (default: {default_text})")  # fmt: skip
 
 
 def _add_deep_cache_arg(p: argparse.ArgumentParser) -> None:
@@ -545,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=list(SAMPLERS), default="euler")
     p.add_argument("--karras", action=argparse.BooleanOptionalAction, default=True,
                    help="Karras sigma spacing, as the built-in model generates by default")  # fmt: skip
-    _add_cfg_max_sigma_arg(p, default=DEFAULTS["builtin"]["cfg_max_sigma"])
+    _add_cfg_max_sigma_arg(p, DEFAULTS["builtin"]["cfg_max_sigma"], "15, as the built-in model generates")
     p.add_argument("--seed", type=int, default=0, help="the noise: image i uses seed + i")
     p.add_argument("--prompt-seed", dest="prompt_seed", type=int, default=None,
                    help="which prompts (default: the bar's); tune settings on another seed")  # fmt: skip
