@@ -347,8 +347,8 @@ def test_serve_command_reports_a_bad_model_in_one_line(tmp_path, capsys):
 
 
 def test_the_built_in_model_is_served_with_the_clis_defaults(models, tmp_path, monkeypatch):
-    """No sampler, schedule or CFG in the request: the built-in model's (guidance interval included),
-    the same PNG bytes as `latentdiff generate` without --model."""
+    """No steps, sampler, schedule or CFG in the request: the built-in model's (guidance interval
+    included), the same PNG bytes as `latentdiff generate` without --model."""
     from latentdiff import cli
     from latentdiff.serve import catalogue
     from latentdiff.serve.generate import Generation, run
@@ -357,10 +357,11 @@ def test_the_built_in_model_is_served_with_the_clis_defaults(models, tmp_path, m
     monkeypatch.setattr(cli, "BUILTIN_MODEL", models["tiny"])
     monkeypatch.setattr(catalogue, "BUILTIN_MODEL", models["tiny"].resolve())
     entry = catalogue.ModelEntry("tiny", models["tiny"])
-    request = Generation(mode="txt2img", prompt="a red circle", negative_prompt="", steps=3, seed=5, batch_size=1,
+    request = Generation(mode="txt2img", prompt="a red circle", negative_prompt="", steps=None, seed=5, batch_size=1,
                          n_iter=1, sampler=None, karras=None, cfg_scale=None, width=16, height=16)  # fmt: skip
     served = run(load(models["tiny"]), entry, request, LIMITS, on_step=lambda i, step: None)
-    args = ["generate", "--prompt", "a red circle", "--steps", "3", "--seed", "5", "--width", "16", "--height", "16"]
+    args = ["generate", "--prompt", "a red circle", "--seed", "5", "--width", "16", "--height", "16"]
     assert main([*args, "--out", str(tmp_path / "x.png")]) == 0
     assert base64.b64decode(served["images"][0]) == (tmp_path / "x.png").read_bytes()
-    assert "Schedule type: Karras, CFG scale: 2.5, CFG max sigma: 15.0, Seed: 5," in served["info"]["infotexts"][0]
+    assert ("Steps: 16, Sampler: Euler, Schedule type: Karras, CFG scale: 2.5, CFG max sigma: 15.0, Seed: 5,"
+            in served["info"]["infotexts"][0])  # fmt: skip

@@ -55,8 +55,10 @@ def cmd_explain(args) -> None:
         raise ValueError("explain follows one image; leave --batch at 1")
     if args.karras:
         raise ValueError("explain draws the default sigma spacing; leave out --karras")
+    if args.cfg_max_sigma is not None:
+        raise ValueError("explain guides every step (its guidance panels compare whole runs); leave out --cfg-max-sigma")
     args.karras = False  # even for the built-in model, whose generate default is Karras
-    _sampling(args)  # fills in the model's defaults on args
+    _sampling(args)  # fills in the model's defaults on args (steps, CFG, sampler; the interval goes unused)
     image = _load_image(args.image)[0] if args.image else None
     model = load(_model_path(args), allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     f = model.config.vae.downsample_factor

@@ -116,7 +116,7 @@ def make_router(worker: Worker, options: ServeOptions) -> APIRouter:
             "sd_model_checkpoint": loaded.entry.title,
             "sd_checkpoint_hash": None,
             "latentdiff_defaults": {
-                "steps": GenerationRequest.model_fields["steps"].default,
+                "steps": defaults["steps"],
                 "cfg_scale": defaults["cfg_scale"],
                 "width": native,
                 "height": native,

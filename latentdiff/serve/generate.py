@@ -33,7 +33,7 @@ class Generation:
     mode: str  # "txt2img", "img2img" or "inpaint"
     prompt: str
     negative_prompt: str
-    steps: int
+    steps: int | None
     seed: int  # of the first image; image i uses seed + i, as in the CLI
     batch_size: int
     n_iter: int
@@ -135,6 +135,7 @@ def _with_model_defaults(generation: Generation, model: StableDiffusion, entry: 
     native = native_size(model)
     return replace(
         generation,
+        steps=generation.steps or entry.defaults["steps"],
         sampler=generation.sampler or entry.defaults["sampler"],
         karras=generation.karras if generation.karras is not None else entry.defaults["karras"],
         cfg_scale=generation.cfg_scale if generation.cfg_scale is not None else entry.defaults["cfg_scale"],

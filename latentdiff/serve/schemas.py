@@ -25,7 +25,7 @@ class GenerationRequest(BaseModel):
     scheduler: str | None = Field(None, description="'Automatic' or 'Karras'")
     batch_size: int = Field(1, ge=1, description="images per pipeline run")
     n_iter: int = Field(1, ge=1, description="pipeline runs, one after the other")
-    steps: int = Field(20, ge=1)
+    steps: int | None = Field(None, ge=1, description="default: 16 for the built-in model, 20 otherwise")
     cfg_scale: float | None = Field(None, description="default: 2.5 for the built-in model, 7.5 otherwise")
     width: int | None = Field(None, ge=1, description="pixels; default: the model's native size (img2img: the image's)")
     height: int | None = Field(None, ge=1)

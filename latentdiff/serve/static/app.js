@@ -74,7 +74,7 @@ async function loadModelSettings() {
   const options = await api("options");
   const defaults = options.latentdiff_defaults, limits = options.latentdiff_limits;
   $("model").value = options.sd_model_checkpoint;
-  for (const id of ["cfg_scale", "sampler_name", "width", "height"]) $(id).value = defaults[id];
+  for (const id of ["steps", "cfg_scale", "sampler_name", "width", "height"]) $(id).value = defaults[id];
   $("width").max = limits.max_width;
   $("height").max = limits.max_height;
   $("steps").max = limits.max_steps;
