@@ -2,13 +2,15 @@
 
 Whole txt2img: prompt encoding, the sampler's guided UNet steps (batch 2 per step for CFG), the VAE
 decode. Both run the same weights (the diffusers folder under models/) with the Euler sampler and
-Karras sigmas (the built-in model's default), the same step count and guidance scale, fp32 on the
-CPU, each in its own subprocess, alternating rounds so a shared machine's load drift hits both. Batched
-throughput (images/s at batch 8 and 32) is reported too. latentdiff runs twice: at the built-in
-model's default, which guides only the steps at sigma <= 15 (the noisier ones run the conditional
-half alone), and guiding every step, the same work as diffusers.
+Karras sigmas (the built-in model's default), fp32 on the CPU, each in its own subprocess,
+alternating rounds so a shared machine's load drift hits all alike. Batched throughput (images/s at
+batch 8 and 32) is reported too. Three rows:
+- latentdiff: the built-in model's default settings (cli.DEFAULTS: 16 steps, CFG only at sigma <= 15,
+  the noisier steps running the conditional half alone), what `latentdiff generate` does;
+- latentdiff-every-step: --steps steps, guided at every step, the same work as
+- diffusers: --steps steps, guided at every step.
 
-    .venv/bin/python benchmarks/generate_speed.py                      # default settings, ~1 min
+    .venv/bin/python benchmarks/generate_speed.py                      # ~2 min
     .venv/bin/python benchmarks/generate_speed.py --steps 50 --threads 2
 
 Writes benchmarks/results/generate_speed.json and .md.
@@ -34,21 +36,20 @@ from latentdiff.cli import DEFAULTS  # noqa: E402 (after the path setup)
 PROMPT = "a red circle above a blue square"
 
 
-# latentdiff: the built-in model's default, guidance only at sigma <= 15 (cli.DEFAULTS); latentdiff-every-step:
-# guided at every step, the same work as diffusers does.
 IMPLS = ("latentdiff", "latentdiff-every-step", "diffusers")
+BUILTIN = DEFAULTS["builtin"]
 
 
 def runner(impl: str, model: str, steps: int, cfg: float):
     """A function batch -> images for one implementation, set up outside the timing."""
     if impl.startswith("latentdiff"):
-        from latentdiff.cli import DEFAULTS
         from latentdiff.pipeline import last_images, txt2img
         from latentdiff.weights import load
 
         sd = load(model)
-        max_sigma = DEFAULTS["builtin"]["cfg_max_sigma"] if impl == "latentdiff" else None
-        settings = dict(steps=steps, guidance_scale=cfg, sampler="euler", sigmas="karras", guidance_max_sigma=max_sigma)
+        settings = dict(steps=steps, guidance_scale=cfg, sampler="euler", sigmas="karras")
+        if impl == "latentdiff":
+            settings.update(steps=BUILTIN["steps"], guidance_max_sigma=BUILTIN["cfg_max_sigma"])
         return lambda batch: last_images(txt2img(sd, [PROMPT] * batch, seed=0, **settings))
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -108,6 +109,7 @@ def main() -> None:
         "settings": {
             "model": Path(args.model).name,
             "steps": args.steps,
+            "builtin_default": BUILTIN,
             "cfg": args.cfg,
             "sampler": "euler",
             "threads": args.threads,
@@ -125,17 +127,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"# One 64x64 image: {args.steps} Euler steps (Karras sigmas), CFG {args.cfg}, {args.threads} CPU threads, "
-        "fp32",
+        f"# One 64x64 image: Euler (Karras sigmas), CFG {args.cfg}, {args.threads} CPU threads, fp32; latentdiff at "
+        f"the built-in model's default ({BUILTIN['steps']} steps, CFG at sigma <= {BUILTIN['cfg_max_sigma']:g}), "
+        f"the other two {args.steps} steps guided throughout",
         "",
         "| | one image (s) | images/s, batch 8 | images/s, batch 32 |",
         "|---|---|---|---|",
         *[f"| {impl} | {best[impl]:.3f} | {rate[impl]['8']:.1f} | {rate[impl]['32']:.1f} |" for impl in runs],
         "",
         f"diffusers / latentdiff time for one image: {result['ratio_diffusers_over_latentdiff']:.2f}x at the built-in "
-        f"model's default (CFG only at sigma <= {DEFAULTS['builtin']['cfg_max_sigma']:g}), "
-        f"{result['ratio_diffusers_over_latentdiff_every_step']:.2f}x guiding every step as diffusers does "
-        f"(best of {args.rounds} rounds x {args.reps} images each).",
+        f"model's default, {result['ratio_diffusers_over_latentdiff_every_step']:.2f}x at the same {args.steps} "
+        f"steps guided throughout (best of {args.rounds} rounds x {args.reps} images each).",
     ]
     (out / "generate_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

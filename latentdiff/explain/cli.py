@@ -56,7 +56,7 @@ def cmd_explain(args) -> None:
     if args.karras:
         raise ValueError("explain draws the default sigma spacing; leave out --karras")
     if args.cfg_max_sigma is not None:
-        raise ValueError("explain guides every step (its guidance panels compare whole runs); leave out --cfg-max-sigma")
+        raise ValueError("explain guides every step (its panels compare whole runs); leave out --cfg-max-sigma")
     args.karras = False  # even for the built-in model, whose generate default is Karras
     _sampling(args)  # fills in the model's defaults on args (steps, CFG, sampler; the interval goes unused)
     image = _load_image(args.image)[0] if args.image else None
