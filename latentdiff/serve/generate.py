@@ -44,8 +44,8 @@ class Generation:
     height: int | None
     strength: float | None = None
     image: Image.Image | None = None  # RGB, already width x height
-    cfg_max_sigma: float | None = None  # not a request field: the model's default (cli.DEFAULTS), set by `run`
     mask: Image.Image | None = None  # L, white = repaint
+    cfg_max_sigma: float | None = None  # not a request field: the model's default (cli.DEFAULTS), set by `run`
 
 
 def _parse_sampler(name: str | None, scheduler: str | None) -> tuple[str | None, bool | None]:
