@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .data.shapes import caption_holds, parse_caption, parse_image, region_relation, sample_scene
+from .data.shapes import MISMATCHES, caption_mismatch, parse_caption, parse_image, region_relation, sample_scene
 from .pipeline import last_images, txt2img
 
 FIDELITY_SEED = 20_261_124  # the prompts of the fidelity bar: never a training seed
@@ -33,6 +33,11 @@ class Fidelity:
     held: list[bool]
     prompts: list[str]
     images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    mismatches: list[str | None]  # per prompt: None, or the first thing its image got wrong (caption_mismatch)
+
+    def failures(self) -> dict[str, int]:
+        """How many images failed first on each of count, background, colour, shape, size, relation."""
+        return {name: self.mismatches.count(name) for name in MISMATCHES}
 
 
 @torch.no_grad()
@@ -60,8 +65,9 @@ def fidelity(model, prompts: list[str], steps: int = 20, guidance_scale: float =
     images = generate(model, prompts, steps, guidance_scale, sampler, seed, batch, deep_cache, sigmas,
                       guidance_max_sigma)  # fmt: skip
     pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    held = [caption_holds(p, c) for p, c in zip(pixels, prompts, strict=True)]
-    return Fidelity(sum(held) / len(held), held, prompts, images)
+    mismatches = [caption_mismatch(p, c) for p, c in zip(pixels, prompts, strict=True)]
+    held = [m is None for m in mismatches]
+    return Fidelity(sum(held) / len(held), held, prompts, images, mismatches)
 
 
 OPPOSITE = {"above": "below", "below": "above", "to the left of": "to the right of",

@@ -10,6 +10,7 @@ from latentdiff.data.shapes import (
     MIN_OFFSET,
     SIZES,
     caption_holds,
+    caption_mismatch,
     make_dataset,
     parse_caption,
     parse_image,
@@ -89,13 +90,18 @@ def test_wrong_captions_are_rejected():
             caption.replace(f"{a.colour} {a.shape}", f"{a.colour} {other_shape}", 1),
             caption.replace(scene.relation, flipped),
             f"a {a.colour} {a.shape}",  # one object named, two drawn
-            f"a {a.colour} {a.shape} on a {'black' if scene.background == 'white' else 'white'} background",
+            caption.split(" on a ")[0] + f" on a {'black' if scene.background == 'white' else 'white'} background",
         ]
-        for text in wrong:
+        other_size = "large" if a.size == "small" else "small"
+        unsized = caption.replace(f"a {a.size} {a.colour} {a.shape}", f"a {a.colour} {a.shape}", 1)
+        wrong.append(unsized.replace(f"a {a.colour} {a.shape}", f"a {other_size} {a.colour} {a.shape}", 1))
+        assert caption_mismatch(image, caption) is None
+        for text, what in zip(wrong, ("colour", "shape", "relation", "count", "background", "size"), strict=True):
             if text != caption and parse_caption(text) != parse_caption(caption):
                 # A swapped relation with swapped objects is the same scene: only count real changes.
                 if not (a.colour == b.colour and a.shape == b.shape):
                     assert not caption_holds(image, text), (caption, text)
+                    assert caption_mismatch(image, text) == what, (caption, text)
         checked += 1
 
 

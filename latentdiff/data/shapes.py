@@ -284,18 +284,39 @@ def region_relation(a: Region, b: Region) -> str:
 
 def caption_holds(image: np.ndarray, caption: str) -> bool:
     """True when the object count and every attribute the caption names match the image."""
+    return caption_mismatch(image, caption) is None
+
+
+MISMATCHES = ("count", "background", "colour", "shape", "size", "relation")
+
+
+def caption_mismatch(image: np.ndarray, caption: str) -> str | None:
+    """None when the image holds its caption; otherwise the first thing (in MISMATCHES order) it gets wrong.
+
+    With two objects, the regions are matched to the named objects in the order that gets the most
+    colours, then shapes, then sizes right, so a wrong relation is only blamed when both objects are
+    right: "a red circle above a blue square" drawn as a blue square above a red circle is "relation"."""
     want = parse_caption(caption)
     background, regions = parse_image(image)
-    if len(regions) != len(want["objects"]) or (want["background"] and want["background"] != background):
-        return False
+    if len(regions) != len(want["objects"]):
+        return "count"
+    if want["background"] and want["background"] != background:
+        return "background"
 
-    def same(region: Region, named: tuple) -> bool:
-        size, colour, shape = named
-        return region.colour == colour and region.shape == shape and (size is None or region.size == size)
+    def wrong(order: list[Region]) -> tuple[int, int, int]:
+        pairs = list(zip(order, want["objects"], strict=True))
+        return (sum(r.colour != colour for r, (_, colour, _) in pairs),
+                sum(r.shape != shape for r, (_, _, shape) in pairs),
+                sum(size is not None and r.size != size for r, (size, _, _) in pairs))  # fmt: skip
 
     orders = [regions] if len(regions) == 1 else [regions, regions[::-1]]
-    for order in orders:
-        if all(same(r, n) for r, n in zip(order, want["objects"], strict=True)):
-            if want["relation"] is None or region_relation(order[0], order[1]) == want["relation"]:
-                return True
-    return False
+    best = min(orders, key=wrong)  # ties keep the image's own order, which the relation then judges
+    misses = wrong(best)
+    for name, missed in zip(("colour", "shape", "size"), misses, strict=True):
+        if missed:
+            return name
+    if want["relation"] is not None and not any(
+        wrong(order) == (0, 0, 0) and region_relation(order[0], order[1]) == want["relation"] for order in orders
+    ):
+        return "relation"
+    return None
