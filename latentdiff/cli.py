@@ -317,6 +317,7 @@ def cmd_evaluate(args) -> None:
     setting += f", deep cache every {args.deep_cache} calls (approximate)" if args.deep_cache > 1 else ""
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
+    print("failed first on: " + ", ".join(f"{k} {n}" for k, n in result.failures().items()))
     directions = relation_directions(result.images, result.prompts)
     print("two-object prompts, where the objects went: " + ", ".join(f"{n} {k}" for k, n in directions.items()))
     data = DataConfig(heldout=args.prompts)
@@ -398,8 +399,12 @@ def cmd_convert(args) -> None:
     options = {"dtype": torch.float16} if args.half else {}
     if args.max_shard_mb is not None:
         options["max_shard_bytes"] = int(args.max_shard_mb * 2**20)
+    video = None
     if args.to == "diffusers" and has_video(args.src):  # a video model: its temporal layers travel too
         model, video = load_video(args.src)
+    if args.vae:
+        _swap_vae(model, args.vae)
+    if video is not None:
         save_video(model, video, args.dst, **options)
     else:
         save(model, args.dst, format=args.to, **options)
@@ -408,6 +413,22 @@ def cmd_convert(args) -> None:
     if args.to == "diffusers" and has_clip(args.src):  # the model's own CLIP travels with it
         save_clip(load_clip(args.src), args.dst, dtype=options.get("dtype"))
     print(f"wrote {args.dst} ({args.to})")
+
+
+def _swap_vae(model, path: str) -> None:
+    """Put another VAE's weights (a `train vae` run's EMA, or a diffusers folder's) into the model.
+
+    The model keeps its scaling factor: a swapped VAE is meant to be a new decoder for the same
+    encoder (a decoder-only run), whose latent space, and so the UNet, is unchanged."""
+    import dataclasses
+
+    from .train.unet import frozen_vae
+
+    vae = frozen_vae(path)
+    ours, theirs = (dataclasses.replace(c, scaling_factor=0, sample_size=0) for c in (model.config.vae, vae.config))
+    if ours != theirs:
+        raise ValueError(f"--vae {path}: its VAE is not this model's shape ({theirs} vs {ours})")
+    model.vae.load_state_dict(vae.state_dict())
 
 
 def cmd_info(args) -> None:
@@ -573,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("--max-shard-mb", type=float, default=None, help="split weight files at this size (MiB)")
+    p.add_argument("--vae", default=None, metavar="RUN_OR_FOLDER",
+                   help="swap in this VAE: a `latentdiff train vae` run (EMA weights) or a diffusers folder's, "
+                        "of the same shape (e.g. a decoder-only run's new decoder)")  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="a PNG's generation settings, or a checkpoint's config and size")

@@ -108,6 +108,32 @@ def test_img2img_and_conversion(tiny_folder, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["config"]["unet"]["block_out_channels"] == [32, 64]
 
 
+def test_convert_swaps_in_another_vae(tiny_folder, tmp_path, capsys):
+    """--vae: a new decoder for the same latent space ships in the model folder, the rest untouched."""
+    from latentdiff.train.common import DataConfig, OptimConfig
+    from latentdiff.train.vae import VAERecipe, train
+
+    other = tmp_path / "other"
+    weights.save(StableDiffusion.from_preset("tiny", seed=1), other)
+    assert main(["convert", str(tiny_folder), str(tmp_path / "swapped"), "--to", "diffusers", "--vae", str(other)]) == 0
+    swapped, base, donor = (weights.load(f) for f in (tmp_path / "swapped", tiny_folder, other))
+    for key, value in swapped.vae.state_dict().items():
+        assert torch.equal(value, donor.vae.state_dict()[key]), key
+    for key, value in swapped.unet.state_dict().items():
+        assert torch.equal(value, base.unet.state_dict()[key]), key
+    assert swapped.config == base.config
+
+    run = tmp_path / "vae_run"  # a `train vae` run of another shape: refused in one line
+    small = VAERecipe(optim=OptimConfig(max_steps=1), data=DataConfig(canvas=16, pool=4), batch_size=2, out=str(run))
+    small.model = type(small.model)(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
+    train(small, quiet=True)
+    capsys.readouterr()
+    assert main(["convert", str(tiny_folder), str(tmp_path / "bad"), "--to", "diffusers", "--vae", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"--vae {run}: its VAE is not this model's shape" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_inpaint_from_files(tiny_folder, tmp_path):
     Image.new("RGB", (16, 16), (20, 200, 30)).save(tmp_path / "start.png")
     mask = Image.new("L", (16, 16), 0)
