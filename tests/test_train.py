@@ -188,3 +188,39 @@ def test_every_shipped_recipe_loads():
     for path in recipes:
         recipe = load_recipe(kinds[path.name.split("_")[0]], path)
         assert recipe.out.startswith("runs/"), path.name
+
+
+def test_decoder_trains_on_latents_a_unet_redraws(tmp_path):
+    """redraw_with: a model folder's UNet re-draws training latents (SDEdit at low noise) once, kept in
+    the run folder; a resumed run reads them back and continues exactly; the encoder never moves."""
+    from latentdiff.model import StableDiffusion
+    from latentdiff.train.redraw import redrawn_latents
+    from latentdiff.weights import load, save
+
+    folder = tmp_path / "tiny"
+    save(StableDiffusion.from_preset("tiny", seed=0), folder)
+    model = load(folder)
+    redraw = dict(init_from=str(folder), decoder_only=True, redraw_with=str(folder), redraw_pool=4, redraw_max_sigma=3)
+    recipe = dataclasses.replace(_recipe(tmp_path / "straight"), model=model.config.vae, **redraw)
+    straight = train(recipe, quiet=True)
+    latents = torch.load(tmp_path / "straight" / "redrawn.pt")["latents"]
+    assert latents.shape == (4, 4, 8, 8)  # canvas 16, the tiny VAE's 2x down
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    again = redrawn_latents(model, images, ["a red circle"] * 4, 3.0, seed=1)
+    assert torch.equal(again, redrawn_latents(model, images, ["a red circle"] * 4, 3.0, seed=1))
+    assert not torch.equal(again, model.vae.encode(images).mean)  # the UNet moved them
+
+    train(dataclasses.replace(recipe, out=str(tmp_path / "resumed")), stop_at=3, quiet=True)
+    resumed = train(dataclasses.replace(recipe, out=str(tmp_path / "resumed")), resume=True, quiet=True)
+    assert resumed["loss"] == straight["loss"]
+    for key, value in straight["model"].state_dict().items():
+        assert torch.equal(resumed["model"].state_dict()[key], value), key
+        assert torch.equal(value, model.vae.state_dict()[key]) == (not key.startswith(("decoder.", "post_quant"))), key
+
+    with pytest.raises(RecipeError, match="redraw_with needs decoder_only"):
+        train(dataclasses.replace(recipe, decoder_only=False, out=str(tmp_path / "x")), quiet=True)
+    save(StableDiffusion.from_preset("tiny", seed=1), tmp_path / "other")
+    with pytest.raises(RecipeError, match="VAE encoder is not this run's"):
+        train(dataclasses.replace(recipe, redraw_with=str(tmp_path / "other"), out=str(tmp_path / "y")), quiet=True)
+    with pytest.raises(ValueError, match="below the schedule's lowest level"):
+        redrawn_latents(model, images, ["a red circle"] * 4, 1e-4, seed=1)

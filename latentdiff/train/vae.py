@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ class VAERecipe:
     # Train only the decoder (and post_quant_conv), the encoder frozen: the latent space stays the
     # one a trained UNet already generates in, so a sharper decoder improves that model as it is.
     decoder_only: bool = False
+    # Decoder training on latents a UNet drew (train/redraw.py; needs decoder_only): the model folder
+    # `redraw_with` re-draws the first redraw_pool scenes' latents from noise levels <= redraw_max_sigma,
+    # and a redraw_share of every batch is decoded from those, toward the scenes themselves.
+    redraw_with: str = ""
+    redraw_pool: int = 10000
+    redraw_max_sigma: float = 2.0
+    redraw_share: float = 0.5
     log_every: int = 50
     ckpt_every: int = 500
     out: str = "runs/vae"
@@ -74,15 +82,22 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
         for part in (model.encoder, model.quant_conv):
             part.requires_grad_(False)
     model = model.to(dev)
-    images, _ = pool_tensors(recipe.data)
+    images, captions = pool_tensors(recipe.data)
+    redrawn = _redrawn(recipe, model, images, captions) if recipe.redraw_with else None
+    n_redrawn = round(recipe.batch_size * recipe.redraw_share) if redrawn is not None else 0
     # The reconstructions shown in the run's sample grids: the first shapes, and the first emoji.
     fixed = images[[0, 1, 2, 3, -1, -2, -3, -4]] if recipe.data.emoji_repeats else images[:8]
 
     def loss_fn(net, rank: int, world: int) -> torch.Tensor:
-        x = shard(images[torch.randint(len(images), (recipe.batch_size,))], rank, world).to(dev)
+        x = shard(images[torch.randint(len(images), (recipe.batch_size - n_redrawn,))], rank, world).to(dev)
         recon, posterior = net(x, sample=True)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         error = (recon - x).abs() if recipe.recon_loss == "l1" else (recon - x).pow(2)
+        if n_redrawn:  # one process only (checked in _redrawn), so `net` is the model itself
+            pick = torch.randint(len(redrawn), (n_redrawn,))
+            target = images[pick].to(dev)
+            drawn = net.decode(redrawn[pick].to(dev)) - target
+            error = torch.cat([error, drawn.abs() if recipe.recon_loss == "l1" else drawn.pow(2)])
         return error.mean() + recipe.kl_weight * kl
 
     def grid(step: int, ema_state: dict) -> None:  # originals above, EMA reconstructions below
@@ -96,6 +111,39 @@ def train(recipe: VAERecipe, resume: bool = False, stop_at: int | None = None, q
     result["ema_model"] = AutoencoderKL(recipe.model).to(dev)
     result["ema_model"].load_state_dict(result["ema"].shadow)
     return result
+
+
+def _redrawn(recipe: VAERecipe, model: AutoencoderKL, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """The redraw_pool latents recipe.redraw_with's UNet draws (train/redraw.py), computed once per run
+    and kept in the run folder (written atomically), so a resumed run reads the same ones."""
+    from ..weights import load
+    from ..weights.io import atomic_path
+    from .redraw import redrawn_latents
+
+    if not recipe.decoder_only:
+        raise RecipeError("redraw_with needs decoder_only: the UNet's latent space is the frozen encoder's")
+    if not 0 < recipe.redraw_share < 1 or recipe.redraw_pool < 1:
+        raise RecipeError(f"redraw_share must be in (0, 1) and redraw_pool >= 1, got {recipe.redraw_share} and "
+                          f"{recipe.redraw_pool}")  # fmt: skip
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("redraw_with runs in one process: its decoder-only loss bypasses DDP's forward")
+    key = dict(redraw_with=recipe.redraw_with, pool=recipe.redraw_pool, max_sigma=recipe.redraw_max_sigma,
+               seed=recipe.data.seed)  # fmt: skip
+    cache = Path(recipe.out) / "redrawn.pt"
+    if cache.exists():
+        saved = torch.load(cache)
+        if saved["key"] == key:
+            return saved["latents"]
+    drawer = load(recipe.redraw_with)
+    theirs, ours = drawer.vae.encoder.state_dict(), model.encoder.state_dict()
+    if any(not torch.equal(theirs[k].float(), ours[k].float().cpu()) for k in ours):
+        raise RecipeError(f"redraw_with: {recipe.redraw_with}'s VAE encoder is not this run's, so its UNet draws "
+                          "in another latent space")  # fmt: skip
+    n = min(recipe.redraw_pool, len(images))
+    latents = redrawn_latents(drawer, images[:n], captions[:n], recipe.redraw_max_sigma, seed=recipe.data.seed)
+    with atomic_path(cache) as tmp:
+        torch.save({"key": key, "latents": latents}, tmp)
+    return latents
 
 
 @torch.no_grad()
