@@ -37,7 +37,8 @@ test: setup chromium
 # with its CLIP's image side); stage two (about 4.2 h) trains a sharper decoder for its frozen encoder,
 # then 9,000 and 15,000 more UNet steps on larger pools, then 8,000 with the text tower's layers training
 # too, 7,000 with the layout loss, then a second decoder and 4,500 more layout steps (round five), then
-# 4,500 more on new scenes (round six), each round overwriting models/shapes-64.
+# 4,500 more on new scenes (round six), each round overwriting models/shapes-64, and last a third decoder
+# trained on latents round six's UNet draws (round eight, 73 min), whose vae/ replaces the folder's.
 # recipes/*_builtin.toml (shapes and emoji, a 4x VAE) are the next built-in model, not trained yet.
 builtin: setup
 	$(BIN)/latentdiff train vae --recipe recipes/vae_shapes.toml --resume
@@ -58,6 +59,10 @@ builtin: setup
 	$(BIN)/latentdiff convert runs/unet_shapes_layout2/model models/shapes-64 --to diffusers --half --max-shard-mb 16
 	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_layout3.toml --resume
 	$(BIN)/latentdiff convert runs/unet_shapes_layout3/model models/shapes-64 --to diffusers --half --max-shard-mb 16
+	$(BIN)/latentdiff train vae --recipe recipes/vae_shapes_redraw.toml --resume
+	rm -rf out/shapes-64-redraw
+	$(BIN)/latentdiff convert models/shapes-64 out/shapes-64-redraw --to diffusers --half --max-shard-mb 16 --vae runs/vae_shapes_redraw
+	cp out/shapes-64-redraw/vae/diffusion_pytorch_model.safetensors models/shapes-64/vae/
 	$(BIN)/latentdiff evaluate --model models/shapes-64 --grid out/evaluate.png
 
 clean:
