@@ -404,6 +404,8 @@ def cmd_convert(args) -> None:
         model, video = load_video(args.src)
     if args.vae:
         _swap_vae(model, args.vae)
+    if args.unet:
+        _swap_unet(model, args.unet)
     if video is not None:
         save_video(model, video, args.dst, **options)
     else:
@@ -429,6 +431,27 @@ def _swap_vae(model, path: str) -> None:
     if ours != theirs:
         raise ValueError(f"--vae {path}: its VAE is not this model's shape ({theirs} vs {ours})")
     model.vae.load_state_dict(vae.state_dict())
+
+
+def _swap_unet(model, path: str) -> None:
+    """Put a `train unet` checkpoint's EMA UNet (and its text tower, when the run trained one) into
+    the model: how to ship a run's step-N checkpoint rather than its last. The model keeps its VAE
+    and scaling factor, so the source should be that run's own model folder (one run, one scale)."""
+    import torch
+
+    from .train.unet import split_states
+    from .weights.io import load_into
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"--unet {path}: not a readable training checkpoint ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("ema"), dict):
+        raise ValueError(f"--unet {path}: not a `latentdiff train unet` checkpoint (no EMA weights)")
+    unet_state, text_state = split_states(checkpoint["ema"])
+    load_into(model.unet, unet_state, f"--unet {path}")
+    if text_state is not None:
+        load_into(model.text_encoder, text_state, f"--unet {path} (its text tower)")
 
 
 def cmd_info(args) -> None:
@@ -597,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, metavar="RUN_OR_FOLDER",
                    help="swap in this VAE: a `latentdiff train vae` run (EMA weights) or a diffusers folder's, "
                         "of the same shape (e.g. a decoder-only run's new decoder)")  # fmt: skip
+    p.add_argument("--unet", default=None, metavar="CHECKPOINT",
+                   help="swap in the EMA UNet (and trained text tower) of a `train unet` checkpoint, "
+                        "runs/NAME/step-N.pt, into that run's model folder (to ship an earlier step)")  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="a PNG's generation settings, or a checkpoint's config and size")

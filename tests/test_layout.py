@@ -3,12 +3,13 @@ end and padding states of labelled captions, and a run with it trains the head b
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from latentdiff.data.shapes import COLOURS, SHAPES, scenes
 from latentdiff.tokenizer import CLIPTokenizer
-from latentdiff.train.common import DataConfig
+from latentdiff.train.common import DataConfig, RecipeError, shapes_tensors
 from latentdiff.train.layout import CLASSES, IGNORE, end_and_after, layout_loss, layout_target, layout_targets
 
 
@@ -32,6 +33,18 @@ def test_targets_leave_extra_rows_unlabelled():
     targets = layout_targets(DataConfig(pool=20), extra_rows=3)
     assert targets.shape == (23, 2) and (targets[20:] == IGNORE).all()
     assert (targets[:20] != IGNORE).any() and (targets[:20] < CLASSES).all()
+
+
+def test_targets_follow_the_pool_scene_options():
+    data = DataConfig(pool=60, seed=3, min_gap=6.0, two_object_share=0.9)
+    captions = shapes_tensors(data)[1]
+    targets = layout_targets(data, extra_rows=0)
+    assert [(row != IGNORE).all().item() for row in targets] == [" of " in c or " above " in c or " below " in c
+                                                                 for c in captions]  # fmt: skip
+    with pytest.raises(RecipeError, match="data.min_gap must be between 3"):
+        layout_targets(DataConfig(pool=4, min_gap=1.0), extra_rows=0)
+    with pytest.raises(RecipeError, match="data.two_object_share must be between 0 and 1"):
+        shapes_tensors(DataConfig(pool=4, two_object_share=1.5))
 
 
 def test_end_and_after_starts_at_the_end_token():

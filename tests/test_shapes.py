@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from latentdiff.data.shapes import (
+    GAP,
     MIN_OFFSET,
     SIZES,
     caption_holds,
@@ -16,6 +17,7 @@ from latentdiff.data.shapes import (
     parse_image,
     render,
     sample_scene,
+    scenes,
 )
 
 
@@ -62,6 +64,28 @@ def test_scenes_keep_the_rules():
     assert 0.4 < counts["two"] / n < 0.6
     assert 0.4 < counts["size"] / counts["sizes"] < 0.6  # optional parts kept about half the time
     assert 0.4 < counts["background"] / n < 0.6
+
+
+def _box_gap(a, b) -> float:
+    ax0, ay0, ax1, ay1 = a.box()
+    bx0, by0, bx1, by1 = b.box()
+    return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+
+
+def test_a_training_pool_can_ask_for_more_room_and_more_pairs():
+    spec = scenes(11, 2000)
+    roomy = scenes(11, 2000, gap=6, two_share=0.7)
+    spec_gaps = [_box_gap(*s.objects) for s in spec if len(s.objects) == 2]
+    roomy_gaps = [_box_gap(*s.objects) for s in roomy if len(s.objects) == 2]
+    assert min(spec_gaps) >= GAP and min(spec_gaps) < 4  # the spec's pairs do come close
+    assert min(roomy_gaps) >= 6
+    assert 0.45 < len(spec_gaps) / 2000 < 0.55 and 0.65 < len(roomy_gaps) / 2000 < 0.75
+    # Still the spec's scenes (the parser reads a small triangle as another shape about once in 2,000).
+    assert sum(caption_holds(render(s), s.caption) for s in roomy[:300]) >= 299
+    assert all(len(s.objects) == 2 for s in scenes(1, 100, two_share=1.0))
+    assert all(len(s.objects) == 1 for s in scenes(1, 100, two_share=0.0))
+    with pytest.raises(ValueError, match="could not place two objects 60 px apart"):
+        scenes(1, 50, gap=60, two_share=1.0)
 
 
 def test_datasets_are_reproducible_from_their_seed():

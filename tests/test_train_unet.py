@@ -183,3 +183,28 @@ def test_two_process_ddp_gradient_equals_one_process(frozen, tmp_path, mode):
     assert any(key.startswith("layout_head.") for key in one) == (recipe.layout_weight > 0)
     for key, grad in one.items():
         torch.testing.assert_close(two[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_convert_ships_a_chosen_checkpoint(frozen, tmp_path, capsys):
+    """convert --unet runs/NAME/step-N.pt: that step's EMA UNet in the run's model folder, the rest kept."""
+    from latentdiff.cli import main
+
+    run = tmp_path / "run"
+    result = unet.train(_recipe(frozen, run), quiet=True)  # checkpoints at steps 3 and 6
+    save(result["sd"], run / "model")
+    step3 = run / "step-00000003.pt"
+    assert main(["convert", str(run / "model"), str(tmp_path / "at3"), "--to", "diffusers", "--unet", str(step3)]) == 0
+    shipped, last = load(tmp_path / "at3"), load(run / "model")
+    ema3 = torch.load(step3, weights_only=True)["ema"]
+    assert all(torch.equal(v, ema3[k]) for k, v in shipped.unet.state_dict().items())
+    assert not all(torch.equal(v, last.unet.state_dict()[k]) for k, v in shipped.unet.state_dict().items())
+    assert all(torch.equal(v, last.vae.state_dict()[k]) for k, v in shipped.vae.state_dict().items())
+    assert shipped.config == last.config
+
+    capsys.readouterr()  # anything else is refused in one line, and nothing is written
+    for bad in (run / "last.txt", run / "model" / "unet" / "config.json"):
+        args = ["convert", str(run / "model"), str(tmp_path / "bad"), "--to", "diffusers", "--unet", str(bad)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"--unet {bad}: not a" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

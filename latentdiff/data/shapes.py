@@ -77,8 +77,8 @@ def _place(rng: np.random.Generator, obj: Obj, canvas: int) -> None:
     obj.cx, obj.cy = rng.uniform(h + margin, canvas - h - margin, size=2)
 
 
-def _apart(a: Obj, b: Obj, scale: float) -> bool:
-    gap = max(1.5, GAP * scale)
+def _apart(a: Obj, b: Obj, scale: float, gap: float = GAP) -> bool:
+    gap = max(1.5, gap * scale)
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()
     return ax1 + gap <= bx0 or bx1 + gap <= ax0 or ay1 + gap <= by0 or by1 + gap <= ay0
@@ -93,12 +93,16 @@ def _relation_holds(a: Obj, b: Obj, relation: str, scale: float) -> bool:
     return main >= MIN_OFFSET * scale and abs(other) < main - 2 * scale
 
 
-def sample_scene(rng: np.random.Generator, canvas: int = 64) -> Scene:
-    """A random scene and its caption; optional caption parts are each kept half of the time."""
+def sample_scene(rng: np.random.Generator, canvas: int = 64, gap: float = GAP, two_share: float = 0.5) -> Scene:
+    """A random scene and its caption; optional caption parts are each kept half of the time.
+
+    `gap` (free pixels between two objects' boxes, at 64x64) and `two_share` (the share of
+    two-object scenes) are the spec's at their defaults, and then the draws are the same for any
+    seed; a training pool may ask for more room between objects or more pairs (DataConfig says why)."""
     scale = canvas / 64
     background = str(rng.choice(list(BACKGROUNDS)))
     relation = None
-    if rng.random() < 0.5:
+    if rng.random() < 1 - two_share:
         objects = [_sample_obj(rng, scale)]
         _place(rng, objects[0], canvas)
     else:
@@ -108,10 +112,10 @@ def sample_scene(rng: np.random.Generator, canvas: int = 64) -> Scene:
             objects = [_sample_obj(rng, scale), _sample_obj(rng, scale)]
             for obj in objects:
                 _place(rng, obj, canvas)
-            if _apart(*objects, scale) and _relation_holds(*objects, relation, scale):
+            if _apart(*objects, scale, gap) and _relation_holds(*objects, relation, scale):
                 break
         else:
-            raise RuntimeError(f"could not place two objects on a {canvas}x{canvas} canvas")
+            raise ValueError(f"could not place two objects {gap} px apart on a {canvas}x{canvas} canvas")
     named = {
         "sizes": [bool(rng.random() < 0.5) for _ in objects],
         "background": bool(rng.random() < 0.5),
@@ -166,15 +170,16 @@ def render(scene: Scene, canvas: int = 64) -> np.ndarray:
     return np.round(image).astype(np.uint8)
 
 
-def scenes(seed: int, n: int, canvas: int = 64) -> list[Scene]:
+def scenes(seed: int, n: int, canvas: int = 64, gap: float = GAP, two_share: float = 0.5) -> list[Scene]:
     """The n scenes of one seed, in order: make_dataset's, with their objects."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, canvas) for _ in range(n)]
+    return [sample_scene(rng, canvas, gap, two_share) for _ in range(n)]
 
 
-def make_dataset(seed: int, n: int, canvas: int = 64) -> tuple[np.ndarray, list[str]]:
+def make_dataset(seed: int, n: int, canvas: int = 64, gap: float = GAP,
+                 two_share: float = 0.5) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """n images (n, canvas, canvas, 3) uint8 and their captions, all from one seed."""
-    drawn = scenes(seed, n, canvas)
+    drawn = scenes(seed, n, canvas, gap, two_share)
     return np.stack([render(s, canvas) for s in drawn]), [s.caption for s in drawn]
 
 

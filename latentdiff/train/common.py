@@ -52,6 +52,12 @@ class DataConfig:
     # Emoji join the pool when > 0: each training-split emoji (data/emoji.py; the held-out names
     # never train) appears this many times, each time under a caption drawn from the templates.
     emoji_repeats: int = 0
+    # The shapes pool's scenes (the held-out set keeps the spec's): free pixels between two objects'
+    # boxes, and the share of two-object scenes. At 8x downsampling a 3-pixel gap lies inside one
+    # latent cell, and the built-in model's pairs drawn as one joined blob were its largest count
+    # failure; a pool with more room between objects, and more pairs, teaches it to keep them apart.
+    min_gap: float = 3.0
+    two_object_share: float = 0.5
 
 
 @dataclasses.dataclass
@@ -247,12 +253,32 @@ def image_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def scene_options(data: DataConfig) -> dict:
+    """The pool's scene options for data.shapes.scenes / make_dataset (gap, two_share), checked."""
+    from ..data.shapes import GAP
+
+    if not GAP <= data.min_gap <= 16:
+        raise RecipeError(f"data.min_gap must be between {GAP} (the generator's) and 16 px, got {data.min_gap}")
+    if not 0 <= data.two_object_share <= 1:
+        raise RecipeError(f"data.two_object_share must be between 0 and 1, got {data.two_object_share}")
+    return {"gap": data.min_gap, "two_share": data.two_object_share}
+
+
+def pool_scenes(data: DataConfig) -> list:
+    """The shapes pool's scenes, objects and all (the layout and grounding targets read them)."""
+    from ..data.shapes import scenes
+
+    return scenes(data.seed, data.pool, data.canvas, **scene_options(data))
+
+
 def shapes_tensors(data: DataConfig, heldout: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """The shapes pool (or the held-out set) as (N, 3, H, W) floats in [-1, 1], with the captions."""
+    """The shapes pool (or the held-out set, spec scenes) as (N, 3, H, W) floats in [-1, 1], with the captions."""
     from ..data.shapes import make_dataset
 
-    seed, n = (data.heldout_seed, data.heldout) if heldout else (data.seed, data.pool)
-    images, captions = make_dataset(seed, n, data.canvas)
+    if heldout:
+        images, captions = make_dataset(data.heldout_seed, data.heldout, data.canvas)
+    else:
+        images, captions = make_dataset(data.seed, data.pool, data.canvas, **scene_options(data))
     return image_tensor(images), captions
 
 

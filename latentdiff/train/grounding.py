@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.shapes import COLOURS, SHAPES, SIZES, coverage, scenes
+from ..data.shapes import COLOURS, SHAPES, SIZES, coverage
 from ..tokenizer import CLIPTokenizer
-from .common import DataConfig
+from .common import DataConfig, pool_scenes
 
 MAX_WORDS = 6  # "a small red circle above a large blue square": size, colour and shape of two objects
 
@@ -49,7 +49,7 @@ def grounding_targets(data: DataConfig, tokenizer: CLIPTokenizer, latent_side: i
                       extra_rows: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """For the shapes pool (then `extra_rows` ungrounded rows, the emoji): positions (P, K) of the
     grounded tokens, -1 where none, and each one's object mask (P, K, s, s), area-averaged."""
-    pool = scenes(data.seed, data.pool, data.canvas)
+    pool = pool_scenes(data)
     positions = torch.full((len(pool) + extra_rows, MAX_WORDS), -1, dtype=torch.long)
     masks = torch.zeros(len(pool) + extra_rows, MAX_WORDS, latent_side, latent_side)
     for i, scene in enumerate(pool):

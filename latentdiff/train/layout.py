@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.shapes import COLOURS, SHAPES, Scene, scenes
-from .common import DataConfig
+from ..data.shapes import COLOURS, SHAPES, Scene
+from .common import DataConfig, pool_scenes
 
 CLASSES = len(COLOURS) * len(SHAPES)
 FIRST_ON_AXIS = ("above", "to the left of")  # objects[0] <relation> objects[1] puts objects[0] first
@@ -47,7 +47,7 @@ def layout_target(scene: Scene) -> tuple[int, int]:
 
 def layout_targets(data: DataConfig, extra_rows: int) -> torch.Tensor:
     """(P + extra_rows, 2) targets for the shapes pool, then `extra_rows` rows without one (the emoji)."""
-    rows = [layout_target(s) for s in scenes(data.seed, data.pool, data.canvas)]
+    rows = [layout_target(s) for s in pool_scenes(data)]
     return torch.tensor(rows + [(IGNORE, IGNORE)] * extra_rows, dtype=torch.long).view(-1, 2)
 
 
