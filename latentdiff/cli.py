@@ -318,6 +318,9 @@ def cmd_evaluate(args) -> None:
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
     print("failed first on: " + ", ".join(f"{k} {n}" for k, n in result.failures().items()))
+    if result.failures()["count"]:
+        print("count failures, objects found for named: " + ", ".join(
+            f"{k}: {n}" for k, n in result.count_misses().items()))  # fmt: skip
     directions = relation_directions(result.images, result.prompts)
     print("two-object prompts, where the objects went: " + ", ".join(f"{n} {k}" for k, n in directions.items()))
     data = DataConfig(heldout=args.prompts)

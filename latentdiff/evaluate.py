@@ -39,6 +39,16 @@ class Fidelity:
         """How many images failed first on each of count, background, colour, shape, size, relation."""
         return {name: self.mismatches.count(name) for name in MISMATCHES}
 
+    def count_misses(self) -> dict[str, int]:
+        """The count failures as "<objects found> for <named>" -> images, most common first: "1 for 2"
+        is mostly a pair drawn touching (one region), "3 for 2" a pair with an extra object."""
+        misses: dict[str, int] = {}
+        for i in (i for i, m in enumerate(self.mismatches) if m == "count"):
+            pixels = (self.images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            key = f"{len(parse_image(pixels)[1])} for {len(parse_caption(self.prompts[i])['objects'])}"
+            misses[key] = misses.get(key, 0) + 1
+        return dict(sorted(misses.items(), key=lambda kv: -kv[1]))
+
 
 @torch.no_grad()
 def generate(model, prompts: list[str], steps: int, guidance_scale: float, sampler: str, seed: int,

@@ -155,3 +155,19 @@ def test_relation_directions_tells_right_reversed_and_other_axis():
     assert count(mirrored) == {**truth, "right": 0, "reversed": truth["right"]}
     assert count(images.transpose(0, 2, 1, 3)) == {**truth, "right": 0, "other axis": truth["right"]}
     assert count(np.zeros_like(images))["unreadable"] == len(captions)
+
+
+def test_count_misses_say_how_many_objects_were_found_for_how_many_named():
+    from latentdiff.evaluate import Fidelity
+
+    drawn = scenes(9, 40)
+    ones = [s for s in drawn if len(s.objects) == 1][:3]
+    pairs = [s for s in drawn if len(s.objects) == 2][:2]
+    # Images of one object under two-object captions and the other way round, and one that holds.
+    cases = [(ones[0], pairs[0].caption), (ones[1], pairs[1].caption), (pairs[0], ones[2].caption), (ones[2], None)]
+    images = torch.from_numpy(np.stack([render(s) for s, _ in cases])).permute(0, 3, 1, 2).float() / 255
+    prompts = [caption or s.caption for s, caption in cases]
+    mismatches = [caption_mismatch(render(s), p) for (s, _), p in zip(cases, prompts, strict=True)]
+    result = Fidelity(0.25, [m is None for m in mismatches], prompts, images, mismatches)
+    assert mismatches == ["count", "count", "count", None]
+    assert result.count_misses() == {"1 for 2": 2, "2 for 1": 1}
