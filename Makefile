@@ -63,6 +63,11 @@ builtin: setup
 	rm -rf out/shapes-64-redraw
 	$(BIN)/latentdiff convert models/shapes-64 out/shapes-64-redraw --to diffusers --half --max-shard-mb 16 --vae runs/vae_shapes_redraw
 	cp out/shapes-64-redraw/vae/diffusion_pytorch_model.safetensors models/shapes-64/vae/
+	$(BIN)/latentdiff train unet --recipe recipes/unet_shapes_apart.toml --resume
+	rm -rf out/shapes-64-apart
+	$(BIN)/latentdiff convert models/shapes-64 out/shapes-64-apart --to diffusers --half --max-shard-mb 16 --unet runs/unet_shapes_apart/step-00003000.pt
+	cp out/shapes-64-apart/unet/diffusion_pytorch_model.safetensors models/shapes-64/unet/
+	cp out/shapes-64-apart/text_encoder/model.safetensors models/shapes-64/text_encoder/
 	$(BIN)/latentdiff evaluate --model models/shapes-64 --grid out/evaluate.png
 
 clean:
