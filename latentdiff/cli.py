@@ -439,7 +439,8 @@ def _swap_vae(model, path: str) -> None:
 def _swap_unet(model, path: str) -> None:
     """Put a `train unet` checkpoint's EMA UNet (and its text tower, when the run trained one) into
     the model: how to ship a run's step-N checkpoint rather than its last. The model keeps its VAE
-    and scaling factor, so the source should be that run's own model folder (one run, one scale)."""
+    and scaling factor, so the source should be that run's own model folder, or (for a run stopped
+    before it wrote one) the folder it started from, whose frozen VAE it encoded its pool with."""
     import torch
 
     from .train.unet import split_states
