@@ -318,6 +318,8 @@ def cmd_evaluate(args) -> None:
     print(f"shapes fidelity {result.score:.1%} ({sum(result.held)}/{len(result.held)} prompts; {setting}; "
           f"{seconds / len(result.held):.3f} s/image)")  # fmt: skip
     print("failed first on: " + ", ".join(f"{k} {n}" for k, n in result.failures().items()))
+    print("failed by objects named: " + ", ".join(
+        f"{('one', 'two')[k - 1]} {bad} of {n}" for k, (bad, n) in result.by_objects().items()))  # fmt: skip
     if result.failures()["count"]:
         print("count failures, objects found for named: " + ", ".join(
             f"{k}: {n}" for k, n in result.count_misses().items()))  # fmt: skip

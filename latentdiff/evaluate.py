@@ -39,6 +39,12 @@ class Fidelity:
         """How many images failed first on each of count, background, colour, shape, size, relation."""
         return {name: self.mismatches.count(name) for name in MISMATCHES}
 
+    def by_objects(self) -> dict[int, tuple[int, int]]:
+        """(failed, prompts) for the prompts naming one object, and for those naming two."""
+        named = [len(parse_caption(p)["objects"]) for p in self.prompts]
+        failed = [n for n, h in zip(named, self.held, strict=True) if not h]
+        return {k: (failed.count(k), named.count(k)) for k in (1, 2)}
+
     def count_misses(self) -> dict[str, int]:
         """The count failures as "<objects found> for <named>" -> images, most common first: "1 for 2"
         is mostly a pair drawn touching (one region), "3 for 2" a pair with an extra object."""

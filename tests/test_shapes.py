@@ -171,3 +171,4 @@ def test_count_misses_say_how_many_objects_were_found_for_how_many_named():
     result = Fidelity(0.25, [m is None for m in mismatches], prompts, images, mismatches)
     assert mismatches == ["count", "count", "count", None]
     assert result.count_misses() == {"1 for 2": 2, "2 for 1": 1}
+    assert result.by_objects() == {1: (1, 2), 2: (2, 2)}
