@@ -3,7 +3,13 @@
 The 2D UNet (unet.py) runs on every frame as if it were an image: frames are folded into the batch,
 so its convolutions, self-attention and cross-attention to the text act within a frame. After every
 one of its layers a temporal attention layer mixes information across frames, separately at each
-pixel, with a learned relative-position bias (T5-style: one bias per head and frame distance).
+pixel, with a learned relative-position bias (T5-style: one bias per head and frame distance) and,
+optionally, an absolute frame position (`frame_position`, AnimateDiff's sinusoidal encoding added
+to the attention's input). A relative bias alone cannot tell frames apart when their contents
+agree: softmax weights over equal values give equal outputs, whatever the weights. At high noise
+a video's frames look alike (more so under shared noise), so such a model cannot learn that frame 0
+holds the object on the right and frame 7 on the left for "moving left". The absolute position
+gives every frame its index from the first layer on.
 
 Each temporal layer's output projection starts at zero, so a new VideoUNet computes exactly what
 its 2D UNet computes on each frame: it can start from a trained image model (`from_image_unet`)
@@ -14,6 +20,8 @@ Legend: B batch, C channels, F frames, H W latent height width, h heads, d head 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,12 +30,24 @@ from .config import UNetConfig
 from .unet import UNet2DConditionModel
 
 
+def frame_encoding(frames: int, ch: int) -> torch.Tensor:
+    """(frames, ch) sinusoidal encodings of the frame index (Vaswani et al.): sin, cos pairs, wavelengths to 10^4."""
+    position = torch.arange(frames, dtype=torch.float32)[:, None]
+    inverse_wavelength = torch.exp(torch.arange(0, ch, 2, dtype=torch.float32) * (-math.log(10_000.0) / ch))
+    encoding = torch.zeros(frames, ch)
+    encoding[:, 0::2] = torch.sin(position * inverse_wavelength)
+    encoding[:, 1::2] = torch.cos(position * inverse_wavelength)[:, : ch // 2]
+    return encoding
+
+
 class TemporalAttention(nn.Module):
     """Self-attention over the F frames at each position, plus a residual: (B*F, C, H, W) -> same."""
 
-    def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int):
+    def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int, frame_position: bool = False):
         super().__init__()
         self.heads, self.max_frames, self.causal = heads, max_frames, causal
+        # A fixed buffer, not a weight: folders keep the same keys with or without it.
+        self.register_buffer("position", frame_encoding(max_frames, ch) if frame_position else None, persistent=False)
         self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
         self.to_qkv = nn.Linear(ch, 3 * ch, bias=False)
         self.to_out = nn.Linear(ch, ch)
@@ -42,6 +62,8 @@ class TemporalAttention(nn.Module):
         BF, C, H, W = x.shape
         B = BF // frames
         h = self.norm(x).view(B, frames, C, H * W).permute(0, 3, 1, 2).reshape(B * H * W, frames, C)  # (B*H*W, F, C)
+        if self.position is not None:
+            h = h + self.position[:frames].to(h.dtype)
         q, k, v = (t.view(-1, frames, self.heads, C // self.heads).transpose(1, 2) for t in self.to_qkv(h).chunk(3, -1))
         position = torch.arange(frames, device=x.device)
         distance = position[None, :] - position[:, None] + self.max_frames - 1  # (F, F): key - query, shifted >= 0
@@ -57,25 +79,26 @@ class TemporalAttention(nn.Module):
 class VideoUNet(nn.Module):
     """(B, C, F, H, W) noisy video latents, t, context -> (B, C_out, F, H, W), one text for all frames."""
 
-    def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False, shared_noise: float = 0.0):
+    def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False, shared_noise: float = 0.0,
+                 frame_position: bool = False):  # fmt: skip
         super().__init__()
         if not 0 <= shared_noise < 1:
             raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
-        self.config, self.max_frames, self.causal = cfg, max_frames, causal
+        self.config, self.max_frames, self.causal, self.frame_position = cfg, max_frames, causal, frame_position
         # The share of the noise variance common to all frames that the model was trained with
         # (samplers.mix_frame_noise); sampling draws its noise the same way. A setting, not a weight.
         self.shared_noise = shared_noise
         self.unet = UNet2DConditionModel(cfg)
         self.temporal = nn.ModuleList(
-            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups)
+            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups, frame_position)
             for ch, heads in self.unet.layer_shapes
         )
 
     @classmethod
     def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False,
-                        shared_noise: float = 0.0):  # fmt: skip
+                        shared_noise: float = 0.0, frame_position: bool = False):  # fmt: skip
         """A VideoUNet whose spatial layers are a copy of a trained 2D UNet; temporal layers start as identity."""
-        video = cls(image_unet.config, max_frames, causal, shared_noise)
+        video = cls(image_unet.config, max_frames, causal, shared_noise, frame_position)
         video.unet.load_state_dict(image_unet.state_dict())
         return video
 

@@ -41,3 +41,24 @@ def test_text_relations_probe_runs_on_a_tiny_model(tmp_path):
     save(StableDiffusion.from_preset("tiny", seed=0), tmp_path / "tiny")
     same, flipped = cosines(str(tmp_path / "tiny"), n=3)
     assert -1 <= same <= 1 and -1 <= flipped <= 1 and same != flipped
+
+
+def test_video_direction_probe_runs_on_a_tiny_video_model(tmp_path, capsys):
+    from latentdiff.model import StableDiffusion
+    from latentdiff.video_unet import VideoUNet
+    from latentdiff.weights.video_folder import save_video
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from video_direction import REVERSED, main, one_object_videos
+
+    videos, captions, reversed_ = one_object_videos(3, frames=4)
+    assert videos.shape == (3, 4, 64, 64, 3)
+    for caption, other in zip(captions, reversed_, strict=True):
+        word, opposite = caption.split("moving ")[1].split()[0], other.split("moving ")[1].split()[0]
+        assert " while " not in caption and REVERSED[word] == opposite
+    model = StableDiffusion.from_preset("tiny", seed=0)
+    save_video(model, VideoUNet.from_image_unet(model.unet, max_frames=8, shared_noise=0.5), tmp_path / "video")
+    main([str(tmp_path / "video")], n=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "cosine" in lines[0]
+    assert all("ratio" in line and "still" in line for line in lines[1:])

@@ -22,6 +22,7 @@ videos = 4
 image_batch_size = 2
 batch_size = 2
 shared_noise = 0.5
+frame_position = true
 log_every = 2
 ckpt_every = 2
 out = "{tmp_path / "run"}"
@@ -45,7 +46,8 @@ heldout = 4
     assert main(["train", "video", "--recipe", str(recipe)]) == 0
     folder = tmp_path / "run" / "model"
     model, video = load_video(folder)
-    assert video.max_frames == 4 and video.shared_noise == 0.5 and model.config.unet.sample_size == 8
+    assert video.max_frames == 4 and video.shared_noise == 0.5 and video.frame_position
+    assert model.config.unet.sample_size == 8
     out = tmp_path / "clip.gif"
     args = ["video", "--model", str(folder), "--prompt", "a red circle moving left", "--frames", "3", "--steps", "2"]
     assert main([*args, "--out", str(out)]) == 0
@@ -66,7 +68,7 @@ heldout = 4
     assert read_state_dict(half / "video_unet" / "temporal.safetensors")[0]["temporal.0.to_out.weight"].dtype == (
         torch.float16
     )
-    assert video16.max_frames == 4 and video16.shared_noise == 0.5
+    assert video16.max_frames == 4 and video16.shared_noise == 0.5 and video16.frame_position
     assert main([*args, "--frames", "9", "--out", str(out)]) == 2
     assert "frames must be between 1 and 4" in capsys.readouterr().err
     assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2

@@ -33,10 +33,11 @@ def _randomise_temporal(video: VideoUNet) -> None:
 
 
 @pytest.mark.parametrize("frames", [1, 5])
-def test_at_init_it_computes_the_image_unet_on_every_frame(frames):
+@pytest.mark.parametrize("frame_position", [False, True])
+def test_at_init_it_computes_the_image_unet_on_every_frame(frames, frame_position):
     torch.manual_seed(0)
     image = UNet2DConditionModel(unet_config()).eval()
-    video = VideoUNet.from_image_unet(image, max_frames=8).eval()
+    video = VideoUNet.from_image_unet(image, max_frames=8, frame_position=frame_position).eval()
     x, t, context = _inputs(frames)
     with torch.no_grad():
         out = video(x, t, context)
@@ -56,6 +57,29 @@ def test_spatial_layers_keep_frames_apart_and_temporal_layers_mix_them():
         _randomise_temporal(video)
         a, b = video(x, t, context), video(changed, t, context)
     assert (a[:, :, 0] - b[:, :, 0]).abs().max() > 1e-4  # now frame 0 hears of frame 3
+
+
+@pytest.mark.parametrize("frame_position", [False, True])
+def test_only_the_frame_position_tells_frames_with_equal_contents_apart(frame_position):
+    # Why frame_position exists: softmax weights over equal values give equal outputs, so a
+    # relative-position bias alone cannot make frame 0 of a still input differ from frame 5.
+    video = VideoUNet(unet_config(), max_frames=8, frame_position=frame_position).eval()
+    _randomise_temporal(video)
+    x, t, context = _inputs(1)
+    still = x.repeat(1, 1, 6, 1, 1)  # six equal frames
+    with torch.no_grad():
+        out = video(still, t, context)
+    spread = (out - out[:, :, :1]).abs().max()
+    if frame_position:
+        assert spread > 1e-3
+    else:
+        assert spread < 1e-5
+
+
+def test_the_frame_position_keeps_the_state_dict_keys():
+    plain = VideoUNet(unet_config(), max_frames=8)
+    positioned = VideoUNet(unet_config(), max_frames=8, frame_position=True)
+    assert plain.state_dict().keys() == positioned.state_dict().keys()
 
 
 def test_causal_temporal_attention_never_looks_ahead():
