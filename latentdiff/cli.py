@@ -240,7 +240,8 @@ def _train_video(recipe, resume: bool) -> None:
     from .weights.video_folder import save_video
 
     result = video.train(recipe, resume=resume)
-    ema = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position)
+    ema = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position,
+                    recipe.temporal_text)  # fmt: skip
     ema.load_state_dict(result["ema"].shadow)
     image_part = assemble(recipe, ema.unet.state_dict(), result["vae"], result["text_encoder"], result["scale"])
     folder = Path(recipe.out) / "model"

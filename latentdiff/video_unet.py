@@ -11,6 +11,10 @@ a video's frames look alike (more so under shared noise), so such a model cannot
 holds the object on the right and frame 7 on the left for "moving left". The absolute position
 gives every frame its index from the first layer on.
 
+Optionally (`temporal_text`) the temporal layers read the caption too: its states' mean over the
+tokens, projected, is added to their input. Otherwise only the spatial layers see the text, and they
+see one frame at a time: "moving left" must reach the temporal layers second-hand.
+
 Each temporal layer's output projection starts at zero, so a new VideoUNet computes exactly what
 its 2D UNet computes on each frame: it can start from a trained image model (`from_image_unet`)
 and be trained on videos and images together (images are 1-frame videos).
@@ -43,8 +47,10 @@ def frame_encoding(frames: int, ch: int) -> torch.Tensor:
 class TemporalAttention(nn.Module):
     """Self-attention over the F frames at each position, plus a residual: (B*F, C, H, W) -> same."""
 
-    def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int, frame_position: bool = False):
+    def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int, frame_position: bool = False,
+                 text_dim: int = 0):  # fmt: skip
         super().__init__()
+        self.to_text = nn.Linear(text_dim, ch) if text_dim else None  # the pooled caption, added to the input
         self.heads, self.max_frames, self.causal = heads, max_frames, causal
         # A fixed buffer, not a weight: folders keep the same keys with or without it.
         self.register_buffer("position", frame_encoding(max_frames, ch) if frame_position else None, persistent=False)
@@ -56,7 +62,8 @@ class TemporalAttention(nn.Module):
         # One learned bias per head for each frame distance -(max_frames-1) .. max_frames-1.
         self.relative_bias = nn.Parameter(torch.zeros(heads, 2 * max_frames - 1))
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int, text: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B*F, C, H, W); text (B, D): the pooled caption of each video, read when built with text_dim."""
         if frames > self.max_frames:
             raise ValueError(f"{frames} frames, but the temporal attention was built for at most {self.max_frames}")
         BF, C, H, W = x.shape
@@ -64,6 +71,8 @@ class TemporalAttention(nn.Module):
         h = self.norm(x).view(B, frames, C, H * W).permute(0, 3, 1, 2).reshape(B * H * W, frames, C)  # (B*H*W, F, C)
         if self.position is not None:
             h = h + self.position[:frames].to(h.dtype)
+        if self.to_text is not None:
+            h = h + self.to_text(text.to(h.dtype)).repeat_interleave(H * W, dim=0)[:, None, :]
         q, k, v = (t.view(-1, frames, self.heads, C // self.heads).transpose(1, 2) for t in self.to_qkv(h).chunk(3, -1))
         position = torch.arange(frames, device=x.device)
         distance = position[None, :] - position[:, None] + self.max_frames - 1  # (F, F): key - query, shifted >= 0
@@ -80,8 +89,9 @@ class VideoUNet(nn.Module):
     """(B, C, F, H, W) noisy video latents, t, context -> (B, C_out, F, H, W), one text for all frames."""
 
     def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False, shared_noise: float = 0.0,
-                 frame_position: bool = False):  # fmt: skip
+                 frame_position: bool = False, temporal_text: bool = False):  # fmt: skip
         super().__init__()
+        self.temporal_text = temporal_text
         if not 0 <= shared_noise < 1:
             raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
         self.config, self.max_frames, self.causal, self.frame_position = cfg, max_frames, causal, frame_position
@@ -89,16 +99,18 @@ class VideoUNet(nn.Module):
         # (samplers.mix_frame_noise); sampling draws its noise the same way. A setting, not a weight.
         self.shared_noise = shared_noise
         self.unet = UNet2DConditionModel(cfg)
+        text_dim = cfg.cross_attention_dim if temporal_text else 0
         self.temporal = nn.ModuleList(
-            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups, frame_position)
+            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups, frame_position, text_dim)
             for ch, heads in self.unet.layer_shapes
         )
 
     @classmethod
     def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False,
-                        shared_noise: float = 0.0, frame_position: bool = False):  # fmt: skip
+                        shared_noise: float = 0.0, frame_position: bool = False,
+                        temporal_text: bool = False):  # fmt: skip
         """A VideoUNet whose spatial layers are a copy of a trained 2D UNet; temporal layers start as identity."""
-        video = cls(image_unet.config, max_frames, causal, shared_noise, frame_position)
+        video = cls(image_unet.config, max_frames, causal, shared_noise, frame_position, temporal_text)
         video.unet.load_state_dict(image_unet.state_dict())
         return video
 
@@ -113,8 +125,10 @@ class VideoUNet(nn.Module):
         per_frame_t = t.repeat_interleave(frames)  # (B*F,)
         per_frame_context = context.repeat_interleave(frames, dim=0)  # (B*F, T, D)
 
+        pooled = context.mean(1) if self.temporal_text else None  # (B, D): the caption, once per video
+
         def temporal(h: torch.Tensor, i: int) -> torch.Tensor:
-            return self.temporal[i](h, frames)
+            return self.temporal[i](h, frames, pooled)
 
         out = self.unet(x, per_frame_t, per_frame_context, after_layer=temporal)  # (B*F, C_out, H, W)
         return out.view(B, frames, -1, H, W).transpose(1, 2)  # (B, C_out, F, H, W)

@@ -23,6 +23,7 @@ image_batch_size = 2
 batch_size = 2
 shared_noise = 0.5
 frame_position = true
+temporal_text = true
 log_every = 2
 ckpt_every = 2
 out = "{tmp_path / "run"}"
@@ -46,7 +47,7 @@ heldout = 4
     assert main(["train", "video", "--recipe", str(recipe)]) == 0
     folder = tmp_path / "run" / "model"
     model, video = load_video(folder)
-    assert video.max_frames == 4 and video.shared_noise == 0.5 and video.frame_position
+    assert video.max_frames == 4 and video.shared_noise == 0.5 and video.frame_position and video.temporal_text
     assert model.config.unet.sample_size == 8
     out = tmp_path / "clip.gif"
     args = ["video", "--model", str(folder), "--prompt", "a red circle moving left", "--frames", "3", "--steps", "2"]
@@ -68,7 +69,7 @@ heldout = 4
     assert read_state_dict(half / "video_unet" / "temporal.safetensors")[0]["temporal.0.to_out.weight"].dtype == (
         torch.float16
     )
-    assert video16.max_frames == 4 and video16.shared_noise == 0.5 and video16.frame_position
+    assert video16.max_frames == 4 and video16.shared_noise == 0.5 and video16.frame_position and video16.temporal_text
     assert main([*args, "--frames", "9", "--out", str(out)]) == 2
     assert "frames must be between 1 and 4" in capsys.readouterr().err
     assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2

@@ -33,11 +33,11 @@ def _randomise_temporal(video: VideoUNet) -> None:
 
 
 @pytest.mark.parametrize("frames", [1, 5])
-@pytest.mark.parametrize("frame_position", [False, True])
-def test_at_init_it_computes_the_image_unet_on_every_frame(frames, frame_position):
+@pytest.mark.parametrize("options", [{}, {"frame_position": True}, {"frame_position": True, "temporal_text": True}])
+def test_at_init_it_computes_the_image_unet_on_every_frame(frames, options):
     torch.manual_seed(0)
     image = UNet2DConditionModel(unet_config()).eval()
-    video = VideoUNet.from_image_unet(image, max_frames=8, frame_position=frame_position).eval()
+    video = VideoUNet.from_image_unet(image, max_frames=8, **options).eval()
     x, t, context = _inputs(frames)
     with torch.no_grad():
         out = video(x, t, context)
@@ -80,6 +80,26 @@ def test_the_frame_position_keeps_the_state_dict_keys():
     plain = VideoUNet(unet_config(), max_frames=8)
     positioned = VideoUNet(unet_config(), max_frames=8, frame_position=True)
     assert plain.state_dict().keys() == positioned.state_dict().keys()
+
+
+@pytest.mark.parametrize("temporal_text", [False, True])
+def test_temporal_text_lets_the_temporal_layers_read_the_caption(temporal_text):
+    # Two captions, the same video: with identity spatial cross-attention the only way the caption
+    # can change the output is through the temporal layers, and only when they read it.
+    torch.manual_seed(0)
+    video = VideoUNet(unet_config(), max_frames=8, temporal_text=temporal_text).eval()
+    _randomise_temporal(video)
+    for block in video.unet.modules():
+        if hasattr(block, "attn2"):  # silence the spatial layers' text path
+            torch.nn.init.zeros_(block.attn2.to_out[0].weight)
+            torch.nn.init.zeros_(block.attn2.to_out[0].bias)
+    x, t, context = _inputs(4, batch=1)
+    with torch.no_grad():
+        a, b = video(x, t, context), video(x, t, context + 1.0)
+    if temporal_text:
+        assert (a - b).abs().max() > 1e-4
+    else:
+        assert torch.equal(a, b)
 
 
 def test_causal_temporal_attention_never_looks_ahead():

@@ -9,7 +9,7 @@ scenes as 1-frame videos (the paper's joint image-video training: it keeps the s
 sharp while the temporal ones learn motion). Both batches: eps-prediction on x_t = q_sample(x0, t,
 eps) with the video's own t, the same for all its frames, and caption dropout for guidance.
 
-Four settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
+Five settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
 video_shapes3.toml record what they measured):
 - shared_noise: a share of each video's noise variance common to all its frames (the mixed prior
   of Ge et al. 2023, "Preserve Your Own Correlation"). From independent noise per frame, an
@@ -18,6 +18,9 @@ video_shapes3.toml record what they measured):
 - frame_position: each temporal layer adds its frame's sinusoidal index encoding to its input
   (AnimateDiff's motion module does). With the relative-position bias alone, frames whose contents
   agree get the same output from every temporal layer, so nothing says which frame comes first.
+- temporal_text: each temporal layer also adds the caption (its states' mean, projected) to its
+  input, so the layers that relate frames read "moving left" themselves (video_shapes4 measured that
+  without it the model ignores the direction word: benchmarks/video_direction.py).
 - spatial_lr_scale: the spatial (image) layers learn at this multiple of the lr, the new temporal
   layers at the full lr; 0 freezes the image model.
 - v_weight_cap: weigh each video's eps error by 1 / alpha_bar_t (what the v objective of Ho et al.
@@ -71,6 +74,7 @@ class VideoRecipe:
     caption_dropout: float = 0.1
     shared_noise: float = 0.0  # share of a video's noise variance common to its frames, in [0, 1)
     frame_position: bool = False  # add each frame's absolute index to the temporal layers' input (video_unet.py)
+    temporal_text: bool = False  # add the pooled caption to the temporal layers' input (video_unet.py)
     spatial_lr_scale: float = 1.0  # the image layers' lr as a multiple of optim.lr (0: frozen)
     v_weight_cap: float = 0.0  # videos' eps errors weighed by min(1 / alpha_bar_t, cap), mean 1 (0: unweighted)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -118,7 +122,8 @@ def setup(recipe: VideoRecipe):
         means, stds, states, _ = encode_pool(vae, text_encoder, images, captions)
         stills = (means[:, :, None], stds[:, :, None], states)  # images as 1-frame videos (N, C, 1, h, w)
     scale = latent_scale(videos[0], videos[1])
-    model = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position)
+    model = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position,
+                      recipe.temporal_text)  # fmt: skip
     if recipe.init_from:
         model.unet.load_state_dict(_init_unet(recipe.init_from))
     model.unet.requires_grad_(recipe.spatial_lr_scale > 0)
