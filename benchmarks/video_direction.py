@@ -70,8 +70,11 @@ def x0_errors(model, video_unet, latents, captions, reversed_, t: int, seed: int
     x_t = q_sample(latents, steps, eps, alpha_bar)
     errors = []
     for prompts in (captions, reversed_):
-        eps_pred = video_unet(x_t, steps, model.encode_prompt(prompts).float())
-        x0_pred = (x_t - (1 - a).sqrt() * eps_pred) / a.sqrt()
+        out = video_unet(x_t, steps, model.encode_prompt(prompts).float())
+        if model.config.scheduler.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0
+            x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * out
+        else:
+            x0_pred = (x_t - (1 - a).sqrt() * out) / a.sqrt()
         errors.append((x0_pred - latents).square().mean().item())
     return errors[0], errors[1]
 

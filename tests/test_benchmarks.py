@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,3 +64,35 @@ def test_video_direction_probe_runs_on_a_tiny_video_model(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and "cosine" in lines[0]
     assert all("ratio" in line and "still" in line for line in lines[1:])
+
+
+def test_video_overfit_probe_videos_differ_only_in_direction():
+    from latentdiff.data.moving_shapes import check_video
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from video_overfit import four_videos, travel
+
+    videos, captions = four_videos()
+    for video, caption in zip(videos, captions, strict=True):  # the training videos pass their own check
+        assert check_video(video, caption).holds and travel(video, caption) == (14.0, 0.0)
+    assert all(video[0].tobytes() == videos[0][0].tobytes() for video in videos)  # one first frame
+    assert {c.replace(c.split()[-1], "") for c in captions} == {"a red circle moving "}
+
+
+@pytest.mark.slow  # 30 s: trains and samples a tiny model end to end
+def test_video_overfit_probe_trains_and_samples(tmp_path, capsys):
+    from latentdiff.model import StableDiffusion
+    from latentdiff.weights import save
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from video_overfit import main
+
+    save(StableDiffusion.from_preset("tiny", seed=0), tmp_path / "tiny")
+    weights = tmp_path / "video.pt"
+    args = ["--image", str(tmp_path / "tiny"), "--steps", "2", "--seeds", "1", "--sample-steps", "2"]
+    main([*args, "--weights", str(weights)])
+    lines = capsys.readouterr().out.splitlines()
+    assert weights.exists() and sum("ratio" in line for line in lines) == 4
+    assert sum("moved the named way in" in line for line in lines) == 4
+    main([*args, "--steps", "0", "--weights", str(weights)])  # loads the trained model, not an untrained one
+    assert [line for line in capsys.readouterr().out.splitlines() if "ratio" in line] == lines[:4]
