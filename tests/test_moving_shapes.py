@@ -12,6 +12,7 @@ from latentdiff.data.moving_shapes import (
     make_video_dataset,
     parse_motion_caption,
     render_video,
+    reverse_caption,
     sample_moving_scene,
 )
 from latentdiff.data.shapes import _apart
@@ -48,6 +49,22 @@ def test_a_video_played_backwards_moves_the_wrong_way():
     assert check_video(video, moving.caption).holds
     reverse = check_video(video[::-1], moving.caption)
     assert not any(reverse.moved_right) and reverse.consistent
+
+
+def test_a_video_played_backwards_is_its_reversed_caption():
+    rng = np.random.default_rng(4)
+    pairs = 0
+    for _ in range(100):
+        moving = sample_moving_scene(rng, frames=8)
+        backwards = reverse_caption(moving.caption)
+        assert reverse_caption(backwards) == moving.caption and backwards != moving.caption
+        if check_video(render_video(moving, frames=8), moving.caption).holds:  # the checker's rare misread aside
+            assert check_video(render_video(moving, frames=8)[::-1], backwards).holds
+            pairs += 1
+    assert pairs >= 95
+    assert reverse_caption("a red circle moving left while a small blue square moves up on a white background") == (
+        "a red circle moving right while a small blue square moves down on a white background"
+    )
 
 
 def test_a_frozen_or_recoloured_video_fails():

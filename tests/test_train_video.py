@@ -105,3 +105,26 @@ def test_the_video_trainer_learns_with_high_noise_weighted(frozen, tmp_path):  #
     assert after < 0.7 * before, (before, after)
     with pytest.raises(RecipeError, match=r"v_weight_cap must be 0 \(off\) or at least 1"):
         video.setup(dataclasses.replace(recipe, v_weight_cap=0.5))
+
+
+def test_reverse_pairs_copy_the_first_half_and_mark_the_second():
+    idx, t, drop = (
+        torch.tensor([3, 1, 0, 0, 9]),
+        torch.tensor([10, 20, 0, 0, 5]),
+        torch.tensor([True, False] + [False] * 3),
+    )
+    eps, noise = torch.randn(5, 2, 3, 1, 1), torch.randn(5, 2, 3, 1, 1)
+    backwards = video.pair_backwards(idx, t, drop, eps, noise)
+    assert backwards.tolist() == [False, False, True, True, False]  # an odd one out stays unpaired
+    assert idx.tolist() == [3, 1, 3, 1, 9] and t.tolist() == [10, 20, 10, 20, 5] and drop[2] and not drop[3]
+    assert torch.equal(eps[2:4], eps[:2]) and torch.equal(noise[2:4], noise[:2])
+
+
+def test_the_video_trainer_learns_with_reverse_pairs(frozen, tmp_path):  # noqa: F811
+    recipe = dataclasses.replace(_video_recipe(frozen, tmp_path / "run"), reverse_pairs=True)
+    model, loss_fn, *_ = video.setup(recipe)
+    before = _fixed_loss(model, loss_fn)
+    after = _fixed_loss(video.train(recipe, quiet=True)["model"], loss_fn)
+    assert after < 0.7 * before, (before, after)
+    with pytest.raises(RecipeError, match="reverse_pairs needs a batch_size of at least 2"):
+        video.setup(dataclasses.replace(recipe, batch_size=1))

@@ -109,6 +109,18 @@ def caption_of(moving: MovingScene) -> str:
     return text + (f" on a {scene.background} background" if scene.named["background"] else "")
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_DIRECTION_WORD = re.compile(rf"\b(moving|moves) ({'|'.join(DIRECTIONS)})\b")
+
+
+def reverse_caption(caption: str) -> str:
+    """The caption of the video played backwards: every object's direction turned around.
+
+    "a red circle moving left while a blue square moves up" -> "... moving right while ... moves down".
+    Straight-line motion at constant speed, reversed in time, is the opposite motion from the last frame."""
+    return _DIRECTION_WORD.sub(lambda m: f"{m.group(1)} {OPPOSITE[m.group(2)]}", caption)
+
+
 def render_video(moving: MovingScene, frames: int = 8, canvas: int = 64) -> np.ndarray:
     """(F, canvas, canvas, 3) uint8."""
     return np.stack([render(moving.at(f), canvas) for f in range(frames)])
@@ -174,5 +186,5 @@ def check_video(video: np.ndarray, caption: str) -> MotionCheck:
     return MotionCheck(frames_right, moved_right, kinds.count(most) >= 0.9 * len(kinds))
 
 
-__all__ = ["DIRECTIONS", "MovingScene", "check_video", "make_video_dataset", "parse_motion_caption", "render_video",
-           "sample_moving_scene"]  # fmt: skip
+__all__ = ["DIRECTIONS", "OPPOSITE", "MovingScene", "check_video", "make_video_dataset", "parse_motion_caption",
+           "render_video", "reverse_caption", "sample_moving_scene"]  # fmt: skip

@@ -9,7 +9,7 @@ scenes as 1-frame videos (the paper's joint image-video training: it keeps the s
 sharp while the temporal ones learn motion). Both batches: eps-prediction on x_t = q_sample(x0, t,
 eps) with the video's own t, the same for all its frames, and caption dropout for guidance.
 
-Five settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
+Six settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
 video_shapes3.toml record what they measured):
 - shared_noise: a share of each video's noise variance common to all its frames (the mixed prior
   of Ge et al. 2023, "Preserve Your Own Correlation"). From independent noise per frame, an
@@ -21,6 +21,12 @@ video_shapes3.toml record what they measured):
 - temporal_text: each temporal layer also adds the caption (its states' mean, projected) to its
   input, so the layers that relate frames read "moving left" themselves (video_shapes4 measured that
   without it the model ignores the direction word: benchmarks/video_direction.py).
+- reverse_pairs: half of each video batch is the other half played backwards, under the caption
+  with every direction turned around (data/moving_shapes.reverse_caption), at the same t and with
+  the same noise reversed in time. Each pair shows the same frames in both orders with opposite
+  words, so the only way to denoise both is to read the word and the frame order. A model trained
+  on four such videos learns the word in 800 steps (benchmarks/video_overfit.py); on the full pool
+  the runs before this one showed no sign of it after 2,000.
 - spatial_lr_scale: the spatial (image) layers learn at this multiple of the lr, the new temporal
   layers at the full lr; 0 freezes the image model.
 - v_weight_cap: weigh each video's eps error by 1 / alpha_bar_t (what the v objective of Ho et al.
@@ -39,7 +45,7 @@ from pathlib import Path
 import torch
 
 from ..config import SchedulerConfig, UNetConfig
-from ..data.moving_shapes import make_video_dataset
+from ..data.moving_shapes import make_video_dataset, reverse_caption
 from ..samplers import mix_frame_noise
 from ..schedules import alphas_cumprod
 from ..tokenizer import CLIPTokenizer
@@ -75,6 +81,7 @@ class VideoRecipe:
     shared_noise: float = 0.0  # share of a video's noise variance common to its frames, in [0, 1)
     frame_position: bool = False  # add each frame's absolute index to the temporal layers' input (video_unet.py)
     temporal_text: bool = False  # add the pooled caption to the temporal layers' input (video_unet.py)
+    reverse_pairs: bool = False  # half of each video batch: the other half backwards, directions reversed
     spatial_lr_scale: float = 1.0  # the image layers' lr as a multiple of optim.lr (0: frozen)
     v_weight_cap: float = 0.0  # videos' eps errors weighed by min(1 / alpha_bar_t, cap), mean 1 (0: unweighted)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -87,18 +94,36 @@ class VideoRecipe:
 
 @torch.no_grad()
 def _encode_videos(vae, text_encoder, recipe: VideoRecipe, chunk: int = 256):
-    """Latent posteriors (N, C, F, h, w) of the moving-shapes pool, and its captions' text states."""
+    """Latent posteriors (N, C, F, h, w) of the moving-shapes pool, its captions' text states, and
+    (with reverse_pairs, else None) the text states of the captions with every direction reversed."""
     videos, captions = make_video_dataset(recipe.data.seed, recipe.videos, recipe.frames, recipe.data.canvas)
     frames = image_tensor(videos.reshape(-1, *videos.shape[2:]))  # (N*F, 3, H, W)
     posteriors = [vae.encode(part) for part in frames.split(chunk)]
     tokenizer = CLIPTokenizer.default()
-    states = torch.cat([text_encoder.encode(tokenizer(captions[i : i + chunk]).input_ids)
-                        for i in range(0, len(captions), chunk)])  # fmt: skip
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return torch.cat([text_encoder.encode(tokenizer(texts[i : i + chunk]).input_ids)
+                          for i in range(0, len(texts), chunk)])  # fmt: skip
+
+    states = encode(captions)
+    reversed_states = encode([reverse_caption(c) for c in captions]) if recipe.reverse_pairs else None
 
     def per_video(t: torch.Tensor) -> torch.Tensor:
         return t.view(len(videos), recipe.frames, *t.shape[1:]).transpose(1, 2)  # (N, C, F, h, w)
 
-    return per_video(torch.cat([p.mean for p in posteriors])), per_video(torch.cat([p.std for p in posteriors])), states
+    means, stds = per_video(torch.cat([p.mean for p in posteriors])), per_video(torch.cat([p.std for p in posteriors]))
+    return means, stds, states, reversed_states
+
+
+def pair_backwards(idx, t, drop, eps, latent_noise) -> torch.Tensor:
+    """Make the second half of a batch copy the first (in place): the same videos, t, caption
+    dropout and noise; returns (B,) bool, True where a video is to be played backwards."""
+    half = len(idx) // 2
+    for x in (idx, t, drop, eps, latent_noise):
+        x[half : 2 * half] = x[:half]
+    backwards = torch.zeros(len(idx), dtype=torch.bool)
+    backwards[half : 2 * half] = True
+    return backwards
 
 
 def setup(recipe: VideoRecipe):
@@ -108,6 +133,8 @@ def setup(recipe: VideoRecipe):
         raise RecipeError(f"shared_noise must be in [0, 1), got {recipe.shared_noise}")
     if recipe.spatial_lr_scale < 0:
         raise RecipeError(f"spatial_lr_scale must be 0 or more, got {recipe.spatial_lr_scale}")
+    if recipe.reverse_pairs and recipe.batch_size < 2:
+        raise RecipeError(f"reverse_pairs needs a batch_size of at least 2 (pairs of videos), got {recipe.batch_size}")
     if recipe.v_weight_cap and recipe.v_weight_cap < 1:
         raise RecipeError(f"v_weight_cap must be 0 (off) or at least 1, got {recipe.v_weight_cap}")
     torch.manual_seed(recipe.data.seed)
@@ -120,7 +147,7 @@ def setup(recipe: VideoRecipe):
     if recipe.image_batch_size:
         images, captions = pool_tensors(recipe.data)
         means, stds, states, _ = encode_pool(vae, text_encoder, images, captions)
-        stills = (means[:, :, None], stds[:, :, None], states)  # images as 1-frame videos (N, C, 1, h, w)
+        stills = (means[:, :, None], stds[:, :, None], states, None)  # images as 1-frame videos (N, C, 1, h, w)
     scale = latent_scale(videos[0], videos[1])
     model = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position,
                       recipe.temporal_text)  # fmt: skip
@@ -135,15 +162,25 @@ def setup(recipe: VideoRecipe):
         video_weights = (1 / alpha_bar).clamp(max=recipe.v_weight_cap)
         video_weights = video_weights / video_weights.mean()  # t is uniform: the loss keeps its scale
 
-    def batch_loss(net, means, stds, states, B, rank, world, weights=None) -> torch.Tensor:
+    def batch_loss(net, means, stds, states, reversed_states, B, rank, world, weights=None) -> torch.Tensor:
         idx, t = torch.randint(len(means), (B,)), torch.randint(T, (B,))
         drop = torch.rand(B) < recipe.caption_dropout
         eps, latent_noise = torch.randn(B, *means.shape[1:]), torch.randn(B, *means.shape[1:])
         if recipe.shared_noise and means.shape[2] > 1:  # videos; a still's one frame needs no mixing
             eps = mix_frame_noise(eps, torch.randn(B, means.shape[1], 1, *means.shape[3:]), recipe.shared_noise)
-        idx, t, drop, eps, latent_noise = (shard(x, rank, world) for x in (idx, t, drop, eps, latent_noise))
+        backwards = torch.zeros(B, dtype=torch.bool)
+        if reversed_states is not None:
+            backwards = pair_backwards(idx, t, drop, eps, latent_noise)
+        parts = (idx, t, drop, eps, latent_noise, backwards)
+        idx, t, drop, eps, latent_noise, backwards = (shard(x, rank, world) for x in parts)
         x0 = (means[idx] + stds[idx] * latent_noise) * scale
-        context = torch.where(drop.view(-1, 1, 1), empty, states[idx])
+        flip = backwards.view(-1, 1, 1, 1, 1)
+        x0, eps = torch.where(flip, x0.flip(2), x0), torch.where(flip, eps.flip(2), eps)  # frames in reverse order
+        if reversed_states is not None:
+            states = torch.where(backwards.view(-1, 1, 1), reversed_states[idx], states[idx])
+        else:
+            states = states[idx]
+        context = torch.where(drop.view(-1, 1, 1), empty, states)
         x0, context, t, eps = (x.to(dev) for x in (x0, context, t, eps))
         weights = None if weights is None else weights[t]
         return denoising_loss(net, x0, context, t, eps, alpha_bar, recipe.scheduler.prediction_type, weights)
