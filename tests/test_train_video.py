@@ -128,3 +128,20 @@ def test_the_video_trainer_learns_with_reverse_pairs(frozen, tmp_path):  # noqa:
     assert after < 0.7 * before, (before, after)
     with pytest.raises(RecipeError, match="reverse_pairs needs a batch_size of at least 2"):
         video.setup(dataclasses.replace(recipe, batch_size=1))
+
+
+def test_a_reverse_pair_is_one_noisy_video_backwards_under_the_reversed_caption(frozen, tmp_path):  # noqa: F811
+    recipe = dataclasses.replace(_video_recipe(frozen, tmp_path), reverse_pairs=True, image_batch_size=0,
+                                 caption_dropout=0.0, shared_noise=0.5)  # fmt: skip
+    _, loss_fn, *_ = video.setup(recipe)
+    seen = {}
+
+    def net(x_t, t, context):
+        seen.update(x_t=x_t, t=t, context=context)
+        return torch.zeros_like(x_t)
+
+    loss_fn(net, 0, 1)
+    x_t, t, context = seen["x_t"], seen["t"], seen["context"]
+    assert x_t.shape[0] == 2 and t[0] == t[1]
+    assert torch.allclose(x_t[1], x_t[0].flip(1))  # (C, F, h, w): the frames in reverse order
+    assert not torch.allclose(context[0], context[1])  # "moving left" vs "moving right": other words
