@@ -26,7 +26,8 @@ video_shapes3.toml record what they measured):
   the same noise reversed in time. Each pair shows the same frames in both orders with opposite
   words, so the only way to denoise both is to read the word and the frame order. A model trained
   on four such videos learns the word in 800 steps (benchmarks/video_overfit.py); on the full pool
-  the runs before this one showed no sign of it after 2,000.
+  the runs before this one showed no sign of it after 2,000. With the pairs it still showed none
+  after 1,500 (recipes/video_shapes6.toml).
 - spatial_lr_scale: the spatial (image) layers learn at this multiple of the lr, the new temporal
   layers at the full lr; 0 freezes the image model.
 - v_weight_cap: weigh each video's eps error by 1 / alpha_bar_t (what the v objective of Ho et al.
