@@ -11,8 +11,8 @@ checked (data/moving_shapes.check_video): does the object move the named way?
 If it cannot learn this, the motion bars are out of reach for any amount of data; if it can, what the
 full runs lack is training (steps, data), not a way for the word to reach the frames.
 
-    .venv/bin/python benchmarks/video_overfit.py [--image models/shapes-64] [--steps 400] [--seeds 4]
-        [--no-frame-position] [--no-temporal-text] [--spatial-lr-scale 0.25] [--v-weight-cap 0]
+    .venv/bin/python benchmarks/video_overfit.py [--image models/shapes-64] [--steps 800] [--seeds 4]
+        [--no-frame-position] [--no-temporal-text] [--spatial-lr-scale 0.25] [--v-weight-cap 50]
 
 Prints the loss every 50 steps, then per direction how many sampled videos moved that way and how
 far the object's centre went (pixels, along the named direction / across it; 64x64 frames); writes nothing.
@@ -68,7 +68,7 @@ def travel(video, caption: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image", default="models/shapes-64", help="the image model folder the video UNet starts from")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--seeds", type=int, default=4, help="sampled videos per caption")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--spatial-lr-scale", type=float, default=0.25)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--v-weight-cap",
         type=float,
-        default=0.0,
+        default=50.0,
         help="weigh each video's eps error by min(1 / alpha_bar_t, cap), mean 1 (train/video.py); 0: off",
     )
     args = p.parse_args(argv)
