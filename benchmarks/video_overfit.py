@@ -21,6 +21,7 @@ far the object's centre went (pixels, along the named direction / across it; 64x
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,11 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from latentdiff import weights
-    from latentdiff.data.moving_shapes import check_video
+    from latentdiff.data.moving_shapes import check_video, reverse_caption
     from latentdiff.samplers import mix_frame_noise
     from latentdiff.schedules import alphas_cumprod
     from latentdiff.train.common import image_tensor
     from latentdiff.train.unet import denoising_loss
+    from latentdiff.train.video import v_weights
     from latentdiff.video_pipeline import txt2video
     from latentdiff.video_unet import VideoUNet
 
@@ -118,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         context = model.encode_prompt(captions).float()
         empty = model.encode_prompt([""]).float()
     alpha_bar = alphas_cumprod(model.config.scheduler).float()
-    weights = None
-    if args.v_weight_cap:
-        weights = (1 / alpha_bar).clamp(max=args.v_weight_cap)
-        weights = weights / weights.mean()
+    weights = v_weights(alpha_bar, args.v_weight_cap) if args.v_weight_cap else None
     groups = [{"params": video_unet.temporal.parameters(), "lr": args.lr}]
     if args.spatial_lr_scale:
         groups.append({"params": video_unet.unet.parameters(), "lr": args.lr * args.spatial_lr_scale})
@@ -145,12 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         if step % 50 == 0:
             print(f"step {step}: loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
-    if args.weights and not trained:
-        torch.save(video_unet.state_dict(), args.weights)
+    if args.weights and not trained:  # whole or not at all: a temp file, then a rename
+        torch.save(video_unet.state_dict(), f"{args.weights}.tmp")
+        os.replace(f"{args.weights}.tmp", args.weights)
     video_unet.eval()
     from video_direction import TIMESTEPS, x0_errors  # benchmarks/, on sys.path when run as a script
 
-    swapped = [captions[i] for i in (1, 0, 3, 2)]  # left <-> right, up <-> down
+    swapped = [reverse_caption(c) for c in captions]
     for t in TIMESTEPS:
         true, other = x0_errors(model, video_unet, x0, captions, swapped, t)
         print(f"t={t}: x0 error {true:.4f} under the true caption, {other:.4f} reversed: ratio {other / true:.2f}")

@@ -116,6 +116,13 @@ def _encode_videos(vae, text_encoder, recipe: VideoRecipe, chunk: int = 256):
     return means, stds, states, reversed_states
 
 
+def v_weights(alpha_bar: torch.Tensor, cap: float) -> torch.Tensor:
+    """(T,) per-timestep weights for the eps error: min(1 / alpha_bar_t, cap), normalised to mean 1
+    (t is drawn uniformly, so the loss keeps its scale)."""
+    weights = (1 / alpha_bar).clamp(max=cap)
+    return weights / weights.mean()
+
+
 def pair_backwards(idx, t, drop, eps, latent_noise) -> torch.Tensor:
     """Make the second half of a batch copy the first (in place): the same videos, t, caption
     dropout and noise; returns (B,) bool, True where a video is to be played backwards."""
@@ -158,10 +165,7 @@ def setup(recipe: VideoRecipe):
     model = model.to(dev)
     alpha_bar = alphas_cumprod(recipe.scheduler).float().to(dev)
     T = recipe.scheduler.num_train_timesteps
-    video_weights = None
-    if recipe.v_weight_cap:
-        video_weights = (1 / alpha_bar).clamp(max=recipe.v_weight_cap)
-        video_weights = video_weights / video_weights.mean()  # t is uniform: the loss keeps its scale
+    video_weights = v_weights(alpha_bar, recipe.v_weight_cap) if recipe.v_weight_cap else None
 
     def batch_loss(net, means, stds, states, reversed_states, B, rank, world, weights=None) -> torch.Tensor:
         idx, t = torch.randint(len(means), (B,)), torch.randint(T, (B,))
