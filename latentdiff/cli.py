@@ -241,7 +241,7 @@ def _train_video(recipe, resume: bool) -> None:
 
     result = video.train(recipe, resume=resume)
     ema = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position,
-                    recipe.temporal_text)  # fmt: skip
+                    recipe.temporal_text, recipe.space_time_conv)  # fmt: skip
     ema.load_state_dict(result["ema"].shadow)
     image_part = assemble(recipe, ema.unet.state_dict(), result["vae"], result["text_encoder"], result["scale"])
     folder = Path(recipe.out) / "model"

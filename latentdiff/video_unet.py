@@ -15,6 +15,12 @@ Optionally (`temporal_text`) the temporal layers read the caption too: its state
 tokens, projected, is added to their input. Otherwise only the spatial layers see the text, and they
 see one frame at a time: "moving left" must reach the temporal layers second-hand.
 
+Optionally (`space_time_conv`) each temporal layer ends with a depthwise 3x3x3 convolution over
+(frames, height, width) and a pointwise mix. Attention at one pixel across frames cannot see
+that frame 0 holds the object one pixel to the right: moving an object takes a spatial layer and a
+temporal one working together. A space-time kernel reads a frame's neighbours in the frames around
+it directly, so a shift from frame to frame is one kernel (what moving-shapes motion is).
+
 Each temporal layer's output projection starts at zero, so a new VideoUNet computes exactly what
 its 2D UNet computes on each frame: it can start from a trained image model (`from_image_unet`)
 and be trained on videos and images together (images are 1-frame videos).
@@ -44,12 +50,39 @@ def frame_encoding(frames: int, ch: int) -> torch.Tensor:
     return encoding
 
 
+class SpaceTimeConv(nn.Module):
+    """A depthwise 3x3x3 convolution over (F, H, W), SiLU and a pointwise mix, plus a residual: (B*F, C, H, W).
+
+    Depthwise keeps it cheap (27 weights a channel, then one C x C mix); the mix starts at zero, so the
+    layer starts as identity. Causal: a frame reads itself and the two frames before it."""
+
+    def __init__(self, ch: int, groups: int, causal: bool):
+        super().__init__()
+        self.causal = causal
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
+        self.depthwise = nn.Conv3d(ch, ch, 3, padding=(0, 1, 1), groups=ch)  # frames padded in forward
+        self.pointwise = nn.Conv3d(ch, ch, 1)
+        nn.init.zeros_(self.pointwise.weight)
+        nn.init.zeros_(self.pointwise.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        BF, C, H, W = x.shape
+        h = self.norm(x).view(BF // frames, frames, C, H, W).transpose(1, 2)  # (B, C, F, H, W)
+        h = F.pad(h, (0, 0, 0, 0, 2, 0) if self.causal else (0, 0, 0, 0, 1, 1))  # zeros beyond the ends
+        h = self.pointwise(F.silu(self.depthwise(h)))
+        return x + h.transpose(1, 2).reshape(BF, C, H, W)
+
+
 class TemporalAttention(nn.Module):
-    """Self-attention over the F frames at each position, plus a residual: (B*F, C, H, W) -> same."""
+    """Self-attention over the F frames at each position, plus a residual: (B*F, C, H, W) -> same.
+
+    With space_time_conv, a SpaceTimeConv follows (`self.space_time`): it lives inside this layer so
+    that video folders keep one set of "temporal.*" weights whichever settings made them."""
 
     def __init__(self, ch: int, heads: int, max_frames: int, causal: bool, groups: int, frame_position: bool = False,
-                 text_dim: int = 0):  # fmt: skip
+                 text_dim: int = 0, space_time_conv: bool = False):  # fmt: skip
         super().__init__()
+        self.space_time = SpaceTimeConv(ch, groups, causal) if space_time_conv else None
         self.to_text = nn.Linear(text_dim, ch) if text_dim else None  # the pooled caption, added to the input
         self.heads, self.max_frames, self.causal = heads, max_frames, causal
         # A fixed buffer, not a weight: folders keep the same keys with or without it.
@@ -81,17 +114,17 @@ class TemporalAttention(nn.Module):
             bias = bias.masked_fill(position[None, :] > position[:, None], float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])  # (B*H*W, h, F, d)
         out = self.to_out(out.transpose(1, 2).reshape(-1, frames, C))  # (B*H*W, F, C)
-        out = out.view(B, H * W, frames, C).permute(0, 2, 3, 1).reshape(BF, C, H, W)
-        return x + out
+        out = x + out.view(B, H * W, frames, C).permute(0, 2, 3, 1).reshape(BF, C, H, W)
+        return out if self.space_time is None else self.space_time(out, frames)
 
 
 class VideoUNet(nn.Module):
     """(B, C, F, H, W) noisy video latents, t, context -> (B, C_out, F, H, W), one text for all frames."""
 
     def __init__(self, cfg: UNetConfig, max_frames: int = 16, causal: bool = False, shared_noise: float = 0.0,
-                 frame_position: bool = False, temporal_text: bool = False):  # fmt: skip
+                 frame_position: bool = False, temporal_text: bool = False, space_time_conv: bool = False):  # fmt: skip
         super().__init__()
-        self.temporal_text = temporal_text
+        self.temporal_text, self.space_time_conv = temporal_text, space_time_conv
         if not 0 <= shared_noise < 1:
             raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
         self.config, self.max_frames, self.causal, self.frame_position = cfg, max_frames, causal, frame_position
@@ -101,16 +134,18 @@ class VideoUNet(nn.Module):
         self.unet = UNet2DConditionModel(cfg)
         text_dim = cfg.cross_attention_dim if temporal_text else 0
         self.temporal = nn.ModuleList(
-            TemporalAttention(ch, heads, max_frames, causal, cfg.norm_num_groups, frame_position, text_dim)
+            TemporalAttention(
+                ch, heads, max_frames, causal, cfg.norm_num_groups, frame_position, text_dim, space_time_conv
+            )
             for ch, heads in self.unet.layer_shapes
         )
 
     @classmethod
     def from_image_unet(cls, image_unet: UNet2DConditionModel, max_frames: int = 16, causal: bool = False,
                         shared_noise: float = 0.0, frame_position: bool = False,
-                        temporal_text: bool = False):  # fmt: skip
+                        temporal_text: bool = False, space_time_conv: bool = False):  # fmt: skip
         """A VideoUNet whose spatial layers are a copy of a trained 2D UNet; temporal layers start as identity."""
-        video = cls(image_unet.config, max_frames, causal, shared_noise, frame_position, temporal_text)
+        video = cls(image_unet.config, max_frames, causal, shared_noise, frame_position, temporal_text, space_time_conv)
         video.unet.load_state_dict(image_unet.state_dict())
         return video
 

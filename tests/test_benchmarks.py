@@ -79,7 +79,28 @@ def test_video_overfit_probe_videos_differ_only_in_direction():
     assert {c.replace(c.split()[-1], "") for c in captions} == {"a red circle moving "}
 
 
-@pytest.mark.slow  # 30 s: trains and samples a tiny model end to end
+def test_video_overfit_pool_rungs_hide_the_direction_from_the_first_frame():
+    from latentdiff.data.moving_shapes import check_video, make_video_dataset
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from video_overfit import probe_pool
+
+    for pool in ("starts", "objects"):
+        videos, captions = probe_pool(pool, 3, seed=0)
+        assert len(videos) == len(captions) == 12
+        for i in range(0, 12, 4):  # each start in all four directions, under captions that differ only there
+            assert all(v[0].tobytes() == videos[i][0].tobytes() for v in videos[i : i + 4])
+            assert [c.split()[-1] for c in captions[i : i + 4]] == ["left", "right", "up", "down"]
+            assert len({c.rsplit(" ", 1)[0] for c in captions[i : i + 4]}) == 1
+        assert all(check_video(v, c).holds for v, c in zip(videos, captions, strict=True))
+    assert len({c.rsplit(" ", 1)[0] for c in probe_pool("objects", 3, seed=0)[1]}) > 1  # the objects vary
+    assert probe_pool("starts", 3, seed=0)[0].tobytes() != probe_pool("starts", 3, seed=1)[0].tobytes()
+    videos, captions = probe_pool("scenes", 5, seed=2)
+    expected = make_video_dataset(2, 5)
+    assert videos.tobytes() == expected[0].tobytes() and captions == expected[1]
+
+
+@pytest.mark.slow  # 50 s: trains and samples a tiny model end to end, on two rungs
 def test_video_overfit_probe_trains_and_samples(tmp_path, capsys):
     from latentdiff.model import StableDiffusion
     from latentdiff.weights import save
@@ -96,3 +117,9 @@ def test_video_overfit_probe_trains_and_samples(tmp_path, capsys):
     assert sum("moved the named way in" in line for line in lines) == 4
     main([*args, "--steps", "0", "--weights", str(weights)])  # loads the trained model, not an untrained one
     assert [line for line in capsys.readouterr().out.splitlines() if "ratio" in line] == lines[:4]
+    main([*args, "--pool", "objects", "--pool-size", "1", "--batch", "2", "--eval-every", "1"])
+    lines = capsys.readouterr().out.splitlines()  # ratios at step 1 and at the end, on trained and held-out videos
+    assert sum(line.startswith("step 1, trained t=") for line in lines) == 4
+    assert sum(line.startswith("held-out t=") for line in lines) == 4
+    assert sum("(held out): moved the named way in" in line for line in lines) == 4
+    assert lines[-1].endswith("/8 sampled videos moved the named way")

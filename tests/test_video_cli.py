@@ -24,6 +24,7 @@ batch_size = 2
 shared_noise = 0.5
 frame_position = true
 temporal_text = true
+space_time_conv = true
 log_every = 2
 ckpt_every = 2
 out = "{tmp_path / "run"}"
@@ -48,6 +49,7 @@ heldout = 4
     folder = tmp_path / "run" / "model"
     model, video = load_video(folder)
     assert video.max_frames == 4 and video.shared_noise == 0.5 and video.frame_position and video.temporal_text
+    assert video.space_time_conv and video.temporal[0].space_time.pointwise.weight.abs().sum() > 0  # trained, loaded
     assert model.config.unet.sample_size == 8
     out = tmp_path / "clip.gif"
     args = ["video", "--model", str(folder), "--prompt", "a red circle moving left", "--frames", "3", "--steps", "2"]
@@ -70,6 +72,7 @@ heldout = 4
         torch.float16
     )
     assert video16.max_frames == 4 and video16.shared_noise == 0.5 and video16.frame_position and video16.temporal_text
+    assert video16.space_time_conv
     assert main([*args, "--frames", "9", "--out", str(out)]) == 2
     assert "frames must be between 1 and 4" in capsys.readouterr().err
     assert main(["video", "--model", str(frozen), "--out", str(out)]) == 2

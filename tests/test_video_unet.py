@@ -30,10 +30,15 @@ def _randomise_temporal(video: VideoUNet) -> None:
     for layer in video.temporal:
         torch.nn.init.normal_(layer.to_out.weight, std=0.2)
         torch.nn.init.normal_(layer.relative_bias, std=0.5)
+        if layer.space_time is not None:
+            torch.nn.init.normal_(layer.space_time.pointwise.weight, std=0.2)
 
 
 @pytest.mark.parametrize("frames", [1, 5])
-@pytest.mark.parametrize("options", [{}, {"frame_position": True}, {"frame_position": True, "temporal_text": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"frame_position": True}, {"frame_position": True, "temporal_text": True}, {"space_time_conv": True}],
+)
 def test_at_init_it_computes_the_image_unet_on_every_frame(frames, options):
     torch.manual_seed(0)
     image = UNet2DConditionModel(unet_config()).eval()
@@ -102,8 +107,9 @@ def test_temporal_text_lets_the_temporal_layers_read_the_caption(temporal_text):
         assert torch.equal(a, b)
 
 
-def test_causal_temporal_attention_never_looks_ahead():
-    video = VideoUNet(unet_config(), max_frames=8, causal=True).eval()
+@pytest.mark.parametrize("space_time_conv", [False, True])
+def test_causal_temporal_attention_never_looks_ahead(space_time_conv):
+    video = VideoUNet(unet_config(), max_frames=8, causal=True, space_time_conv=space_time_conv).eval()
     _randomise_temporal(video)
     x, t, context = _inputs(6)
     changed = x.clone()
@@ -112,6 +118,24 @@ def test_causal_temporal_attention_never_looks_ahead():
         a, b = video(x, t, context), video(changed, t, context)
     torch.testing.assert_close(a[:, :, :3], b[:, :, :3], atol=1e-6, rtol=0)  # frames before 3 cannot see it
     assert (a[:, :, 4:] - b[:, :, 4:]).abs().max() > 1e-4  # frames after it can
+
+
+def test_the_space_time_conv_moves_a_spot_from_frame_to_frame():
+    # What it is for: one kernel that copies each pixel from the frame before, one pixel to the
+    # left, moves a spot one pixel right per frame; temporal attention alone sees one pixel at a time.
+    from latentdiff.video_unet import SpaceTimeConv
+
+    conv = SpaceTimeConv(8, groups=1, causal=True)
+    torch.nn.init.zeros_(conv.depthwise.weight)
+    conv.depthwise.weight.data[:, 0, 1, 1, 0] = 1.0  # (frame before, same row, column to the left)
+    torch.nn.init.zeros_(conv.depthwise.bias)
+    conv.pointwise.weight.data[:, :, 0, 0, 0] = torch.eye(8)
+    video = torch.zeros(1, 8, 3, 6, 6)  # (B, C, F, H, W): a spot at column 2 in frame 1 only
+    video[:, :, 1, 3, 2] = 1.0
+    x = video.transpose(1, 2).reshape(3, 8, 6, 6)
+    added = (conv(x, frames=3) - x).view(1, 3, 8, 6, 6)
+    assert added[0, 2, :, 3].argmax(-1).tolist() == [3] * 8  # frame 2 gets it one column to the right
+    assert added[0, 1].abs().max() < added[0, 2].abs().max() / 100  # and frame 1 nothing from frame 0
 
 
 def test_too_many_frames_is_a_clear_error():

@@ -9,7 +9,7 @@ scenes as 1-frame videos (the paper's joint image-video training: it keeps the s
 sharp while the temporal ones learn motion). Both batches: eps-prediction on x_t = q_sample(x0, t,
 eps) with the video's own t, the same for all its frames, and caption dropout for guidance.
 
-Six settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
+Seven settings are meant to help a trained image model learn motion (recipes/video_shapes2.toml and
 video_shapes3.toml record what they measured):
 - shared_noise: a share of each video's noise variance common to all its frames (the mixed prior
   of Ge et al. 2023, "Preserve Your Own Correlation"). From independent noise per frame, an
@@ -28,6 +28,9 @@ video_shapes3.toml record what they measured):
   on four such videos learns the word in 800 steps (benchmarks/video_overfit.py); on the full pool
   the runs before this one showed no sign of it after 2,000. With the pairs it still showed none
   after 1,500 (recipes/video_shapes6.toml).
+- space_time_conv: each temporal layer ends with a depthwise 3x3x3 convolution over frames, height
+  and width (video_unet.SpaceTimeConv). Temporal attention relates one pixel across frames, so it
+  cannot by itself put an object one pixel further along in the next frame; one such kernel can.
 - spatial_lr_scale: the spatial (image) layers learn at this multiple of the lr, the new temporal
   layers at the full lr; 0 freezes the image model.
 - v_weight_cap: weigh each video's eps error by 1 / alpha_bar_t (what the v objective of Ho et al.
@@ -82,6 +85,7 @@ class VideoRecipe:
     shared_noise: float = 0.0  # share of a video's noise variance common to its frames, in [0, 1)
     frame_position: bool = False  # add each frame's absolute index to the temporal layers' input (video_unet.py)
     temporal_text: bool = False  # add the pooled caption to the temporal layers' input (video_unet.py)
+    space_time_conv: bool = False  # end each temporal layer with a depthwise 3x3x3 convolution (video_unet.py)
     reverse_pairs: bool = False  # half of each video batch: the other half backwards, directions reversed
     spatial_lr_scale: float = 1.0  # the image layers' lr as a multiple of optim.lr (0: frozen)
     v_weight_cap: float = 0.0  # videos' eps errors weighed by min(1 / alpha_bar_t, cap), mean 1 (0: unweighted)
@@ -158,7 +162,7 @@ def setup(recipe: VideoRecipe):
         stills = (means[:, :, None], stds[:, :, None], states, None)  # images as 1-frame videos (N, C, 1, h, w)
     scale = latent_scale(videos[0], videos[1])
     model = VideoUNet(recipe.model, recipe.max_frames, recipe.causal, recipe.shared_noise, recipe.frame_position,
-                      recipe.temporal_text)  # fmt: skip
+                      recipe.temporal_text, recipe.space_time_conv)  # fmt: skip
     if recipe.init_from:
         model.unet.load_state_dict(_init_unet(recipe.init_from))
     model.unet.requires_grad_(recipe.spatial_lr_scale > 0)

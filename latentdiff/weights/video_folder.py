@@ -3,7 +3,8 @@ plus `video_unet/`, which holds only the temporal layers and their settings.
 
     folder/model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/   the image model
     folder/video_unet/config.json                  {"max_frames": 16, "causal": false, "shared_noise": 0.5,
-                                                    "frame_position": true, "temporal_text": true}
+                                                    "frame_position": true, "temporal_text": true,
+                                                    "space_time_conv": false}
     folder/video_unet/temporal.safetensors         the temporal attention layers (keys "temporal.*")
 
 The image part loads as an image model too (its UNet is the video model's spatial half).
@@ -45,6 +46,7 @@ def save_video(model: StableDiffusion, video: VideoUNet, folder: str | Path, dty
         "shared_noise": video.shared_noise,
         "frame_position": video.frame_position,
         "temporal_text": video.temporal_text,
+        "space_time_conv": video.space_time_conv,
     }
     write_json(settings, Path(folder) / "video_unet" / "config.json")
 
@@ -57,11 +59,12 @@ def load_video(folder: str | Path) -> tuple[StableDiffusion, VideoUNet]:
         raise WeightsError(f"{folder}: not a video model (no video_unet/config.json); make one: latentdiff train video")
     model = load(folder)
     settings = json.loads((folder / "video_unet" / "config.json").read_text())
-    # shared_noise, frame_position and temporal_text are absent from folders written before them: those used neither.
+    # The settings after causal are absent from folders written before them: those used none of them.
     video = VideoUNet(model.config.unet, int(settings["max_frames"]), bool(settings["causal"]),
                       float(settings.get("shared_noise", 0.0)),
                       bool(settings.get("frame_position", False)),
-                      bool(settings.get("temporal_text", False)))  # fmt: skip
+                      bool(settings.get("temporal_text", False)),
+                      bool(settings.get("space_time_conv", False)))  # fmt: skip
     temporal, _ = read_state_dict(folder / "video_unet" / "temporal.safetensors")
     spatial = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
     load_into(video, spatial | temporal, str(folder / "video_unet"))
