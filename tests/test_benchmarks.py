@@ -12,13 +12,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "sd_cpu.py"), "--preset", "tiny", "--parts", "unet,txt2img",
+def _sd_cpu_report(tmp_path, parts: str) -> dict:
+    # Each part and implementation is a subprocess of its own (about 8 s each on 2 cores).
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sd_cpu.py"), "--preset", "tiny", "--parts", parts,
            "--impls", "latentdiff,diffusers", "--reps", "1", "--steps", "4", "--deep-cache", "2", "--threads", "1",
            "--cache", str(tmp_path / "weights"), "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "out" / "sd_cpu.json").read_text())
+    return json.loads((tmp_path / "out" / "sd_cpu.json").read_text())
+
+
+def test_sd_cpu_benchmark_runs_txt2img_on_a_tiny_model(tmp_path):
+    report = _sd_cpu_report(tmp_path, "txt2img")
+    assert set(report["parts"]) == {"txt2img-64"} and report["machine"]["peak_gflops"] > 0
+    ours = report["parts"]["txt2img-64"]["impls"]["latentdiff"]
+    assert ours["max_abs_diff_vs_diffusers"] < 1e-3 and ours["median_s"] > 0
+    fast = report["parts"]["txt2img-64"]["impls"]["latentdiff-fast"]
+    assert 0 < fast["psnr_vs_exact_db"] < 120 and fast["median_s"] > 0
+    assert "Fast mode (opt-in approximation" in (tmp_path / "out" / "sd_cpu.md").read_text()
+
+
+@pytest.mark.slow  # 2 min: eleven subprocesses; the txt2img part alone is in the fast suite above
+def test_sd_cpu_benchmark_runs_on_a_tiny_model(tmp_path):
+    report = _sd_cpu_report(tmp_path, "unet,txt2img")
     assert set(report["parts"]) == {"unet-8-b1", "unet-8-b2", "unet-16-b1", "unet-16-b2", "txt2img-64"}
     assert report["machine"]["peak_gflops"] > 0 and report["machine"]["cores"] >= 1
     for name, part in report["parts"].items():
@@ -116,7 +132,8 @@ def test_video_overfit_probe_trains_and_samples(tmp_path, capsys):
     assert weights.exists() and sum("ratio" in line for line in lines) == 4
     assert sum("moved the named way in" in line for line in lines) == 4
     main([*args, "--steps", "0", "--weights", str(weights)])  # loads the trained model, not an untrained one
-    assert [line for line in capsys.readouterr().out.splitlines() if "ratio" in line] == lines[:4]
+    ratios = [line for line in lines if "ratio" in line]
+    assert [line for line in capsys.readouterr().out.splitlines() if "ratio" in line] == ratios
     main([*args, "--pool", "objects", "--pool-size", "1", "--batch", "2", "--eval-every", "1"])
     lines = capsys.readouterr().out.splitlines()  # ratios at step 1 and at the end, on trained and held-out videos
     assert sum(line.startswith("step 1, trained t=") for line in lines) == 4
