@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     checked = {"trained": (x0[:16], captions[:16])}
     held_out = []
     if args.pool != "centre":  # a seed the pool never used: does what it learned carry to new videos?
-        new_videos, held_out = probe_pool(args.pool, max(1, 16 // (1 if args.pool == "scenes" else 4)), seed=1)
+        new_videos, held_out = probe_pool(args.pool, 16 if args.pool == "scenes" else 4, seed=1)  # 16 videos
         checked["held-out"] = (encode_videos(model, new_videos[:16]), held_out[:16])
     print(f"pool {args.pool}: {len(videos)} videos, {len(set(captions))} captions; batch {min(args.batch, len(x0))}")
     alpha_bar = alphas_cumprod(model.config.scheduler).float()
