@@ -41,18 +41,22 @@ sys.path.insert(0, str(ROOT))
 DIRECTION_WORDS = ("left", "right", "up", "down")
 
 
+def every_direction(obj, frames: int, speed: float) -> tuple[list, list[str]]:
+    """Four (F, 64, 64, 3) uint8 videos of `obj` leaving its start left, right, up and down, on white, and captions."""
+    from latentdiff.data.moving_shapes import MovingScene, render_video
+    from latentdiff.data.shapes import Scene
+
+    videos = [render_video(MovingScene(Scene("white", [obj]), [d], [speed]), frames) for d in DIRECTION_WORDS]
+    return videos, [f"a {obj.colour} {obj.shape} moving {d}" for d in DIRECTION_WORDS]
+
+
 def four_videos(frames: int = 8, speed: float = 2.0, colour: str = "red", shape: str = "circle"):
     """(4, F, 64, 64, 3) uint8 videos of one object leaving the centre in each direction, and captions."""
     import numpy as np
 
-    from latentdiff.data.moving_shapes import MovingScene, render_video
-    from latentdiff.data.shapes import Obj, Scene
+    from latentdiff.data.shapes import Obj
 
-    videos, captions = [], []
-    for direction in DIRECTION_WORDS:
-        obj = Obj(shape=shape, colour=colour, size="small", cx=32.0, cy=32.0, side=12.0)
-        videos.append(render_video(MovingScene(Scene("white", [obj]), [direction], [speed]), frames))
-        captions.append(f"a {colour} {shape} moving {direction}")
+    videos, captions = every_direction(Obj(shape, colour, "small", 32.0, 32.0, 12.0), frames, speed)
     return np.stack(videos), captions
 
 
@@ -71,8 +75,8 @@ def probe_pool(pool: str, n: int, seed: int, frames: int = 8, speed: float = 2.0
     """
     import numpy as np
 
-    from latentdiff.data.moving_shapes import MovingScene, make_video_dataset, render_video
-    from latentdiff.data.shapes import Obj, Scene, _sample_obj
+    from latentdiff.data.moving_shapes import make_video_dataset
+    from latentdiff.data.shapes import Obj, _sample_obj
 
     if pool == "centre":
         return four_videos(frames, speed)
@@ -83,11 +87,10 @@ def probe_pool(pool: str, n: int, seed: int, frames: int = 8, speed: float = 2.0
     for _ in range(n):
         obj = _sample_obj(rng, 1.0) if pool == "objects" else Obj("circle", "red", "small", 0.0, 0.0, 12.0)
         reach = obj.side / 2 + 1 + speed * (frames - 1)  # half side + margin + travel, from either edge
-        cx, cy = rng.uniform(reach, 64 - reach, size=2)
-        for direction in DIRECTION_WORDS:
-            start = Obj(obj.shape, obj.colour, obj.size, float(cx), float(cy), obj.side)
-            videos.append(render_video(MovingScene(Scene("white", [start]), [direction], [speed]), frames))
-            captions.append(f"a {obj.colour} {obj.shape} moving {direction}")
+        obj.cx, obj.cy = (float(c) for c in rng.uniform(reach, 64 - reach, size=2))
+        more_videos, more_captions = every_direction(obj, frames, speed)
+        videos += more_videos
+        captions += more_captions
     return np.stack(videos), captions
 
 
@@ -108,17 +111,11 @@ def travel(video, caption: str) -> tuple[float, float]:
     return (x1 - x0) * dx + (y1 - y0) * dy, abs((x1 - x0) * dy) + abs((y1 - y0) * dx)
 
 
-def encode_videos(model, videos, chunk: int = 256) -> torch.Tensor:
-    """(V, F, H, W, 3) uint8 -> the VAE's scaled latents (V, C, F, h, w), a chunk of frames at a time."""
-    from latentdiff.train.common import image_tensor
+def encode_videos(model, videos) -> torch.Tensor:
+    """(V, F, H, W, 3) uint8 -> the VAE's scaled latent means (V, C, F, h, w)."""
+    from latentdiff.train.video import video_posteriors
 
-    frames = videos.reshape(-1, *videos.shape[2:])
-    with torch.no_grad():
-        x0 = torch.cat(
-            [model.vae.encode(image_tensor(frames[i : i + chunk])).mean for i in range(0, len(frames), chunk)]
-        )
-    x0 = x0 * model.config.vae.scaling_factor
-    return x0.view(len(videos), videos.shape[1], *x0.shape[1:]).transpose(1, 2).contiguous()
+    return (video_posteriors(model.vae, videos)[0] * model.config.vae.scaling_factor).contiguous()
 
 
 def print_ratios(model, video_unet, checked: dict, label: str) -> None:

@@ -98,12 +98,23 @@ class VideoRecipe:
 
 
 @torch.no_grad()
+def video_posteriors(vae, videos, chunk: int = 256):
+    """(N, F, H, W, 3) uint8 videos -> the VAE's latent means and stds, each (N, C, F, h, w); chunk frames at a time."""
+    frames = image_tensor(videos.reshape(-1, *videos.shape[2:]))  # (N*F, 3, H, W)
+    posteriors = [vae.encode(part) for part in frames.split(chunk)]
+
+    def per_video(t: torch.Tensor) -> torch.Tensor:
+        return t.view(len(videos), videos.shape[1], *t.shape[1:]).transpose(1, 2)  # (N, C, F, h, w)
+
+    return per_video(torch.cat([p.mean for p in posteriors])), per_video(torch.cat([p.std for p in posteriors]))
+
+
+@torch.no_grad()
 def _encode_videos(vae, text_encoder, recipe: VideoRecipe, chunk: int = 256):
     """Latent posteriors (N, C, F, h, w) of the moving-shapes pool, its captions' text states, and
     (with reverse_pairs, else None) the text states of the captions with every direction reversed."""
     videos, captions = make_video_dataset(recipe.data.seed, recipe.videos, recipe.frames, recipe.data.canvas)
-    frames = image_tensor(videos.reshape(-1, *videos.shape[2:]))  # (N*F, 3, H, W)
-    posteriors = [vae.encode(part) for part in frames.split(chunk)]
+    means, stds = video_posteriors(vae, videos, chunk)
     tokenizer = CLIPTokenizer.default()
 
     def encode(texts: list[str]) -> torch.Tensor:
@@ -112,11 +123,6 @@ def _encode_videos(vae, text_encoder, recipe: VideoRecipe, chunk: int = 256):
 
     states = encode(captions)
     reversed_states = encode([reverse_caption(c) for c in captions]) if recipe.reverse_pairs else None
-
-    def per_video(t: torch.Tensor) -> torch.Tensor:
-        return t.view(len(videos), recipe.frames, *t.shape[1:]).transpose(1, 2)  # (N, C, F, h, w)
-
-    means, stds = per_video(torch.cat([p.mean for p in posteriors])), per_video(torch.cat([p.std for p in posteriors]))
     return means, stds, states, reversed_states
 
 
